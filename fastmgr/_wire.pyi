@@ -1,0 +1,97 @@
+"""The contract both wire implementations meet (``_wire`` and ``_wire_py``).
+
+The byte formats are specified in ``fastmgr/_protocol.py``.
+"""
+import socket
+from typing import Any, Callable, Optional, Tuple
+
+IMPLEMENTATION: str  # "compiled" or "python"
+
+def set_spin(microseconds: int) -> None:
+    """Process-wide default spin budget for new connections (0: never spin)."""
+
+def get_spin() -> int: ...
+
+def frame(body: bytes) -> bytes:
+    """Header + body, as one bytes object."""
+
+class Codec:
+    """Encodes values and envelopes. ``serializer`` is one of
+    ``_protocol.SERIALIZERS``: "pickle" falls back to pickle for types
+    without a native tag; "safe" and "xmlrpclib" never pickle nor unpickle
+    (``UnsafeValueError`` when encoding, ``ProtocolError`` when decoding a
+    pickle tag); "xmlrpclib" also decodes tuples as lists."""
+
+    serializer: str
+    def __init__(self, serializer: str = "pickle") -> None: ...
+    def dumps(self, obj: Any) -> bytes: ...
+    def loads(self, data: bytes) -> Any:
+        """Decode exactly one value; trailing or missing bytes: ProtocolError."""
+    def encode_request(self, kind: int, ident: int, method: str,
+                       args: tuple, kwds: Optional[dict]) -> bytes: ...
+    def decode_request(self, data: bytes) -> Tuple[int, int, str, tuple, Optional[dict]]: ...
+    def encode_response(self, kind: int, value: Any) -> bytes: ...
+    def decode_response(self, data: bytes) -> Tuple[int, Any]: ...
+
+class FrameReader:
+    """Incremental framing: feed bytes in any split, take whole bodies out."""
+
+    def __init__(self, max_message: int = ...) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+    def next_message(self) -> Optional[bytes]:
+        """The next complete body, or None until more bytes arrive.
+        Raises MessageTooLarge / ProtocolError on a bad header."""
+
+class Connection:
+    """A framed, connected stream socket. Owns ``sock`` and closes it.
+
+    ``timeout`` (seconds, None: wait forever) bounds every wait for a
+    message; when it runs out TimeoutError is raised and the connection is
+    closed, so a late reply is never read as the answer to a later call.
+    A peer that closed raises EOFError.  ``spin_us`` is this connection's
+    spin budget before it blocks (0: block at once)."""
+
+    codec: Codec
+    timeout: Optional[float]
+    spin_us: int
+    max_message: int
+    closed: bool
+    def __init__(self, sock: socket.socket, codec: Optional[Codec] = None,
+                 max_message: int = ..., timeout: Optional[float] = None) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    def send_bytes(self, data: bytes) -> None: ...
+    def recv_bytes(self, maxlength: Optional[int] = None) -> bytes: ...
+    def send(self, obj: Any) -> None: ...
+    def recv(self) -> Any: ...
+    def poll(self, timeout: Optional[float] = 0.0) -> bool: ...
+    def send_request(self, kind: int, ident: int, method: str,
+                     args: tuple = (), kwds: Optional[dict] = None) -> None: ...
+    def recv_response(self) -> Tuple[int, Any]: ...
+    def call(self, ident: int, method: str, args: tuple = (),
+             kwds: Optional[dict] = None) -> Tuple[int, Any]:
+        """send_request(REQ_CALL, ...) then recv_response()."""
+
+def deliver_challenge(conn: Connection, authkey: bytes) -> bytes:
+    """Server side of the handshake; returns the client's hello bytes.
+    Raises multiprocessing.AuthenticationError."""
+
+def answer_challenge(conn: Connection, authkey: bytes, hello: bytes = b"") -> None:
+    """Client side of the handshake. Raises multiprocessing.AuthenticationError."""
+
+def serve_connection(conn: Connection, table: dict, control: tuple,
+                     fallback: Callable[[int, Any, str, tuple, dict], Any],
+                     make_proxy: Callable[[str, Any], tuple]) -> None:
+    """The server's loop for one connection, until the peer closes.
+
+    ``table`` maps ident -> (obj, exposed, method_to_typeid): ``exposed`` is
+    a set of method names, ``method_to_typeid`` a dict or None.  Ident 0 is
+    ``control``, an entry of the same shape.  For a method not in
+    ``exposed``, ``fallback(ident, obj, method, args, kwds)`` answers (it
+    raises AttributeError for names it does not know).  A result of a method
+    named in ``method_to_typeid`` is registered by
+    ``make_proxy(typeid, result)``, which returns the RESP_PROXY value.
+    Exceptions from the method become RESP_ERROR; unknown idents, fallback
+    failures and results that cannot be encoded become RESP_FAILURE.
+    Returns when the peer closes; raises ProtocolError on a malformed frame
+    (the caller then closes the connection)."""

@@ -1,0 +1,1165 @@
+# cython: language_level=3, embedsignature=True
+"""The compiled hot path of fastmgr: framing, codec, handshake, serve loop.
+
+The byte formats are specified in ``_protocol.py``; ``_wire_py.py`` is the
+readable twin of this module and the tests hold the two to the same bytes.
+
+Waiting for a message spins first (a non-blocking ``recv`` in a loop, GIL
+released) for a bounded, adaptive budget, then blocks in ``poll``.  Waking a
+sleeping thread on another CPU costs tens of microseconds on a VM, far more
+than all of this module's work per call, so a reply that arrives within the
+spin window is the difference between ~5 us and ~40 us a call.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next, PyDict_SetItem, PyDict_Size
+from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_FromLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memmove
+
+import hmac as _hmac
+import os as _os
+import socket as _socket
+import traceback as _traceback
+
+from multiprocessing import AuthenticationError
+
+from . import _pickling
+from ._protocol import (COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, DIGEST_SIZE, FAILURE,
+                        MAGIC, MAX_DEPTH, MAX_HANDSHAKE_FRAME, MAX_HELLO, NONCE_SIZE,
+                        SERIALIZERS, WELCOME)
+from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
+
+IMPLEMENTATION = "compiled"
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+    enum: POLLOUT
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_recv "recv"(int fd, void* buf, size_t n, int flags)
+    ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)
+    enum: MSG_DONTWAIT
+    enum: MSG_NOSIGNAL
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    enum: CLOCK_MONOTONIC
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static inline void fm_put_u32le(unsigned char *p, uint32_t v) {
+        p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
+        p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+    }
+    static inline void fm_put_u64le(unsigned char *p, uint64_t v) {
+        fm_put_u32le(p, (uint32_t)v); fm_put_u32le(p + 4, (uint32_t)(v >> 32));
+    }
+    static inline uint32_t fm_get_u32le(const unsigned char *p) {
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    }
+    static inline uint64_t fm_get_u64le(const unsigned char *p) {
+        return (uint64_t)fm_get_u32le(p) | ((uint64_t)fm_get_u32le(p + 4) << 32);
+    }
+    static inline void fm_put_i32be(unsigned char *p, uint32_t v) {
+        p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
+        p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
+    }
+    static inline uint64_t fm_get_u64be(const unsigned char *p) {
+        uint64_t v = 0; int i;
+        for (i = 0; i < 8; i++) v = (v << 8) | p[i];
+        return v;
+    }
+    static inline int32_t fm_get_i32be(const unsigned char *p) {
+        return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3]);
+    }
+    static inline uint64_t fm_double_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+    static inline double fm_bits_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+    /* threads of this process spinning right now, and how many may */
+    static int fm_spinners = 0;
+    static int fm_max_spinners = 1;
+    static inline int fm_spin_enter(void) {
+        if (__atomic_add_fetch(&fm_spinners, 1, __ATOMIC_RELAXED) > fm_max_spinners) {
+            __atomic_sub_fetch(&fm_spinners, 1, __ATOMIC_RELAXED);
+            return 0;
+        }
+        return 1;
+    }
+    static inline void fm_spin_leave(void) { __atomic_sub_fetch(&fm_spinners, 1, __ATOMIC_RELAXED); }
+    #include <errno.h>
+    static inline int fm_again(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
+    static inline void fm_set_errno(int e) { errno = e; }
+    """
+    void fm_put_u32le(unsigned char* p, uint32_t v) nogil
+    void fm_put_u64le(unsigned char* p, uint64_t v) nogil
+    uint32_t fm_get_u32le(const unsigned char* p) nogil
+    uint64_t fm_get_u64le(const unsigned char* p) nogil
+    void fm_put_i32be(unsigned char* p, uint32_t v) nogil
+    uint64_t fm_get_u64be(const unsigned char* p) nogil
+    int fm_get_i32be(const unsigned char* p) nogil
+    uint64_t fm_double_bits(double d) nogil
+    double fm_bits_double(uint64_t u) nogil
+    int fm_max_spinners
+    int fm_spin_enter() nogil
+    void fm_spin_leave() nogil
+    bint fm_again(int e) nogil
+    void fm_set_errno(int e) nogil
+
+
+cdef enum:
+    # value tags (_protocol.T_*)
+    T_NONE = 0x00
+    T_FALSE = 0x01
+    T_TRUE = 0x02
+    T_INT64 = 0x03
+    T_BIGINT = 0x04
+    T_FLOAT = 0x05
+    T_STR = 0x06
+    T_BYTES = 0x07
+    T_TUPLE = 0x08
+    T_LIST = 0x09
+    T_DICT = 0x0A
+    T_PICKLE = 0x0B
+    # envelope kinds (_protocol.REQ_* / RESP_*)
+    REQ_CALL = 0x01
+    REQ_ONEWAY = 0x02
+    RESP_RETURN = 0x10
+    RESP_ERROR = 0x11
+    RESP_FAILURE = 0x12
+    RESP_PROXY = 0x13
+    # encoder result: the value nests too deeply and must be pickled whole
+    TOO_DEEP = 1
+    # bytes kept in front of every encoded body for the frame header
+    HEADROOM = 4
+
+cdef int c_max_depth = MAX_DEPTH
+cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
+cdef uint64_t U32_LIMIT = 0x100000000
+
+# ---------------------------------------------------------------------------
+# Spin policy
+
+cdef int g_spin_us = int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)
+
+
+cdef void _refresh_max_spinners() noexcept:
+    """Spinning pays only with a free CPU for the peer: allow ncpu-1 spinners
+    among this process's threads, and none when we may use a single CPU."""
+    global fm_max_spinners
+    try:
+        ncpu = len(_os.sched_getaffinity(0))
+    except Exception:
+        ncpu = _os.cpu_count() or 1
+    fm_max_spinners = ncpu - 1 if ncpu > 1 else 0
+
+
+_refresh_max_spinners()
+
+
+def set_spin(int microseconds):
+    """Set the default spin budget (µs) for connections made from now on."""
+    global g_spin_us
+    if microseconds < 0:
+        raise ValueError("spin budget must be >= 0")
+    g_spin_us = microseconds
+    _refresh_max_spinners()
+
+
+def get_spin():
+    return g_spin_us
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# ---------------------------------------------------------------------------
+# Buffers
+
+@cython.final
+cdef class WriteBuffer:
+    """A growable byte buffer, reused for every message of a connection.
+    Bytes [0, HEADROOM) are kept for the frame header."""
+    cdef unsigned char* buf     # owned allocation
+    cdef Py_ssize_t length      # bytes written, headroom included
+    cdef Py_ssize_t capacity    # bytes allocated
+
+    def __cinit__(self):
+        self.capacity = 4096
+        self.buf = <unsigned char*>PyMem_Malloc(self.capacity)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.length = HEADROOM
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    cdef inline void reset(self) noexcept:
+        self.length = HEADROOM
+
+    cdef int _grow(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t cap = self.capacity * 2
+        cdef unsigned char* nbuf
+        while cap < self.length + extra:
+            cap *= 2
+        nbuf = <unsigned char*>PyMem_Realloc(self.buf, cap)
+        if nbuf == NULL:
+            raise MemoryError()
+        self.buf = nbuf
+        self.capacity = cap
+        return 0
+
+    cdef inline int ensure(self, Py_ssize_t extra) except -1:
+        if self.length + extra > self.capacity:
+            self._grow(extra)
+        return 0
+
+    cdef inline int write_u8(self, uint8_t v) except -1:
+        self.ensure(1)
+        self.buf[self.length] = v
+        self.length += 1
+        return 0
+
+    cdef inline int write_tag_u32(self, uint8_t tag, uint32_t v) except -1:
+        self.ensure(5)
+        self.buf[self.length] = tag
+        fm_put_u32le(self.buf + self.length + 1, v)
+        self.length += 5
+        return 0
+
+    cdef inline int write_tag_u64(self, uint8_t tag, uint64_t v) except -1:
+        self.ensure(9)
+        self.buf[self.length] = tag
+        fm_put_u64le(self.buf + self.length + 1, v)
+        self.length += 9
+        return 0
+
+    cdef inline int write_raw(self, const void* data, Py_ssize_t n) except -1:
+        self.ensure(n)
+        memcpy(self.buf + self.length, data, n)
+        self.length += n
+        return 0
+
+    cdef inline Py_ssize_t frame(self) noexcept:
+        """Write the frame header into the headroom; return the body size.
+        Precondition: the body is below 2**31 - 1 bytes (see Connection._send_buffer)."""
+        cdef Py_ssize_t n = self.length - HEADROOM
+        fm_put_i32be(self.buf, <uint32_t>n)
+        return n
+
+    cdef bytes body(self):
+        return PyBytes_FromStringAndSize(<char*>self.buf + HEADROOM, self.length - HEADROOM)
+
+
+cdef inline bint _big_frame(Py_ssize_t n) noexcept:
+    return n > 0x7fffffff
+
+
+cdef bytes _header(Py_ssize_t n):
+    """The stdlib's frame header for a body of n bytes."""
+    cdef unsigned char h[12]
+    if _big_frame(n):
+        fm_put_i32be(h, 0xffffffff)
+        fm_put_i32be(h + 4, <uint32_t>(<uint64_t>n >> 32))
+        fm_put_i32be(h + 8, <uint32_t>n)
+        return PyBytes_FromStringAndSize(<char*>h, 12)
+    fm_put_i32be(h, <uint32_t>n)
+    return PyBytes_FromStringAndSize(<char*>h, 4)
+
+
+def frame(body):
+    """Header + body, as one bytes object."""
+    cdef bytes data = bytes(body)
+    return _header(len(data)) + data
+
+
+# ---------------------------------------------------------------------------
+# The codec
+
+cdef int _serializer_mode(str serializer) except -1:
+    if serializer == "pickle":
+        return 0
+    if serializer == "safe":
+        return 1
+    if serializer == "xmlrpclib":
+        return 2
+    raise ValueError("unknown serializer %r (choose from %s)" % (serializer, ", ".join(SERIALIZERS)))
+
+
+@cython.final
+cdef class Codec:
+    """Encodes values and envelopes (see _protocol.py)."""
+    cdef readonly str serializer
+    cdef bint may_pickle        # "pickle": types without a tag are pickled
+    cdef bint tuples_as_lists   # "xmlrpclib": decode T_TUPLE as list
+    cdef WriteBuffer out        # scratch buffer of dumps()/encode_*()
+
+    def __init__(self, str serializer="pickle"):
+        cdef int mode = _serializer_mode(serializer)
+        self.serializer = serializer
+        self.may_pickle = mode == 0
+        self.tuples_as_lists = mode == 2
+        self.out = WriteBuffer()
+
+    def __reduce__(self):
+        return (Codec, (self.serializer,))
+
+    # -- encoding --------------------------------------------------------
+
+    cdef int _pickle(self, WriteBuffer buf, object obj) except -1:
+        cdef bytes data
+        if not self.may_pickle:
+            raise UnsafeValueError(
+                "the %r serializer sends only None, bool, int, float, str, bytes, "
+                "tuple, list and dict; got %s" % (self.serializer, type(obj).__name__))
+        data = _pickling.dumps(obj)
+        buf.write_tag_u32(T_PICKLE, <uint32_t>PyBytes_GET_SIZE(data))
+        buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        return 0
+
+    cdef int _encode(self, WriteBuffer buf, object obj, int depth) except -1:
+        """Append one value. Returns TOO_DEEP when containers nest deeper than
+        MAX_DEPTH (the caller then pickles the whole top-level value)."""
+        cdef type t = type(obj)
+        cdef long long v
+        cdef int overflow = 0
+        cdef Py_ssize_t n, i
+        cdef const char* s
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef Py_ssize_t pos = 0
+        cdef int r
+        if obj is None:
+            return buf.write_u8(T_NONE)
+        if t is bool:
+            return buf.write_u8(T_TRUE if obj is True else T_FALSE)
+        if t is int:
+            v = PyLong_AsLongLongAndOverflow(obj, &overflow)
+            if overflow == 0:
+                return buf.write_tag_u64(T_INT64, <uint64_t>v)
+            data = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+            if PyBytes_GET_SIZE(data) >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            buf.write_tag_u32(T_BIGINT, <uint32_t>PyBytes_GET_SIZE(data))
+            return buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if t is float:
+            return buf.write_tag_u64(T_FLOAT, fm_double_bits(PyFloat_AS_DOUBLE(obj)))
+        if t is str:
+            try:
+                s = PyUnicode_AsUTF8AndSize(obj, &n)
+            except UnicodeEncodeError:
+                data = (<str>obj).encode("utf-8", "surrogatepass")
+                s = PyBytes_AS_STRING(data)
+                n = PyBytes_GET_SIZE(data)
+            if n >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            buf.write_tag_u32(T_STR, <uint32_t>n)
+            return buf.write_raw(s, n)
+        if t is bytes:
+            n = PyBytes_GET_SIZE(obj)
+            if n >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            buf.write_tag_u32(T_BYTES, <uint32_t>n)
+            return buf.write_raw(PyBytes_AS_STRING(obj), n)
+        if t is tuple or t is list or t is dict:
+            if depth > c_max_depth:
+                return TOO_DEEP
+            n = len(obj)
+            if n >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            if t is tuple:
+                buf.write_tag_u32(T_TUPLE, <uint32_t>n)
+                for i in range(n):
+                    r = self._encode(buf, <object>PyTuple_GET_ITEM(obj, i), depth + 1)
+                    if r:
+                        return r
+            elif t is list:
+                buf.write_tag_u32(T_LIST, <uint32_t>n)
+                for i in range(n):
+                    # the list may shrink while an item's pickling runs Python code
+                    if i >= PyList_GET_SIZE(obj):
+                        raise RuntimeError("list changed size during encoding")
+                    item = <object>PyList_GET_ITEM(obj, i)
+                    r = self._encode(buf, item, depth + 1)
+                    if r:
+                        return r
+            else:
+                buf.write_tag_u32(T_DICT, <uint32_t>n)
+                i = 0
+                while PyDict_Next(obj, &pos, &key, &value):
+                    k = <object>key
+                    val = <object>value
+                    i += 1
+                    if i > n:
+                        break
+                    r = self._encode(buf, k, depth + 1)
+                    if r:
+                        return r
+                    r = self._encode(buf, val, depth + 1)
+                    if r:
+                        return r
+                if i != n:
+                    raise RuntimeError("dictionary changed size during encoding")
+            return 0
+        return self._pickle(buf, obj)
+
+    cdef int encode_top(self, WriteBuffer buf, object obj) except -1:
+        """Append one top-level value, pickled whole if it nests too deeply."""
+        cdef Py_ssize_t start = buf.length
+        if self._encode(buf, obj, 1) == TOO_DEEP:
+            buf.length = start
+            self._pickle(buf, obj)
+        return 0
+
+    cdef int encode_request_into(self, WriteBuffer buf, int kind, uint64_t ident,
+                                 object method, object args, object kwds) except -1:
+        buf.write_tag_u64(<uint8_t>kind, ident)
+        self.encode_top(buf, method)
+        self.encode_top(buf, args)
+        if kwds:
+            self.encode_top(buf, kwds)
+        else:
+            buf.write_u8(T_NONE)
+        return 0
+
+    cdef int encode_response_into(self, WriteBuffer buf, int kind, object value) except -1:
+        buf.write_u8(<uint8_t>kind)
+        return self.encode_top(buf, value)
+
+    def dumps(self, obj):
+        self.out.reset()
+        self.encode_top(self.out, obj)
+        return self.out.body()
+
+    def encode_request(self, int kind, uint64_t ident, method, args, kwds):
+        self.out.reset()
+        self.encode_request_into(self.out, kind, ident, method, args, kwds)
+        return self.out.body()
+
+    def encode_response(self, int kind, value):
+        self.out.reset()
+        self.encode_response_into(self.out, kind, value)
+        return self.out.body()
+
+    # -- decoding --------------------------------------------------------
+
+    cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth):
+        """Decode the value at p[pos[0]:n] and advance pos.
+        Precondition: pos[0] <= n. Every read is checked against n."""
+        cdef Py_ssize_t at = pos[0]
+        cdef uint8_t tag
+        cdef uint64_t length
+        cdef Py_ssize_t i, count
+        cdef object result, item, key
+        if at >= n:
+            raise ProtocolError("truncated message: value expected")
+        tag = p[at]
+        at += 1
+        if tag == T_NONE:
+            pos[0] = at
+            return None
+        if tag == T_FALSE:
+            pos[0] = at
+            return False
+        if tag == T_TRUE:
+            pos[0] = at
+            return True
+        if tag == T_INT64 or tag == T_FLOAT:
+            if n - at < 8:
+                raise ProtocolError("truncated message: 8-byte number")
+            pos[0] = at + 8
+            if tag == T_INT64:
+                return PyLong_FromLongLong(<int64_t>fm_get_u64le(p + at))
+            return PyFloat_FromDouble(fm_bits_double(fm_get_u64le(p + at)))
+        if tag > T_PICKLE:
+            raise ProtocolError("unknown value tag 0x%02x" % tag)
+        if n - at < 4:
+            raise ProtocolError("truncated message: length")
+        length = fm_get_u32le(p + at)
+        at += 4
+        if tag == T_TUPLE or tag == T_LIST or tag == T_DICT:
+            if depth > c_max_depth:
+                raise ProtocolError("containers nest deeper than %d" % c_max_depth)
+            # every item takes at least one byte: refuse counts the data cannot hold
+            if length > <uint64_t>(n - at) or (tag == T_DICT and 2 * length > <uint64_t>(n - at)):
+                raise ProtocolError("truncated message: container of %d items" % length)
+            count = <Py_ssize_t>length
+            pos[0] = at
+            if tag == T_DICT:
+                result = {}
+                for i in range(count):
+                    key = self._decode(p, n, pos, depth + 1)
+                    item = self._decode(p, n, pos, depth + 1)
+                    try:
+                        PyDict_SetItem(result, key, item)
+                    except TypeError as exc:
+                        raise ProtocolError("bad dict key: %s" % exc) from None
+                return result
+            if tag == T_LIST or self.tuples_as_lists:
+                result = PyList_New(count)
+                for i in range(count):
+                    item = self._decode(p, n, pos, depth + 1)
+                    Py_INCREF(item)
+                    PyList_SET_ITEM(result, i, item)
+                return result
+            result = PyTuple_New(count)
+            for i in range(count):
+                item = self._decode(p, n, pos, depth + 1)
+                Py_INCREF(item)
+                PyTuple_SET_ITEM(result, i, item)
+            return result
+        if length > <uint64_t>(n - at):
+            raise ProtocolError("truncated message: %d bytes announced, %d left" % (length, n - at))
+        pos[0] = at + <Py_ssize_t>length
+        if tag == T_STR:
+            try:
+                return PyUnicode_DecodeUTF8(<const char*>p + at, <Py_ssize_t>length, "surrogatepass")
+            except UnicodeDecodeError as exc:
+                raise ProtocolError("bad UTF-8 in str: %s" % exc) from None
+        if tag == T_BYTES:
+            return PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length)
+        if tag == T_BIGINT:
+            return int.from_bytes(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length),
+                                  "little", signed=True)
+        # T_PICKLE
+        if not self.may_pickle:
+            raise ProtocolError("the %r serializer refuses pickled data" % self.serializer)
+        return _pickling.loads(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length))
+
+    cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
+        """Decode the last value of a message: no bytes may follow it."""
+        value = self._decode(p, n, pos, 1)
+        if pos[0] != n:
+            raise ProtocolError("%d unexpected bytes after the message" % (n - pos[0]))
+        return value
+
+    cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n):
+        cdef Py_ssize_t pos = 9
+        cdef int kind
+        if n < 9:
+            raise ProtocolError("truncated request header")
+        kind = p[0]
+        if kind != REQ_CALL and kind != REQ_ONEWAY:
+            raise ProtocolError("unknown request kind 0x%02x" % kind)
+        ident = fm_get_u64le(p + 1)
+        method = self._decode(p, n, &pos, 1)
+        args = self._decode(p, n, &pos, 1)
+        kwds = self.decode_all(p, n, &pos)
+        if type(method) is not str:
+            raise ProtocolError("method name must be a str")
+        if not (type(args) is tuple or (self.tuples_as_lists and type(args) is list)):
+            raise ProtocolError("request arguments must be a tuple")
+        if kwds is not None and type(kwds) is not dict:
+            raise ProtocolError("request keywords must be a dict")
+        return (kind, ident, method, args, kwds)
+
+    cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n):
+        cdef Py_ssize_t pos = 1
+        cdef int kind
+        if n < 1:
+            raise ProtocolError("empty response")
+        kind = p[0]
+        if kind < RESP_RETURN or kind > RESP_PROXY:
+            raise ProtocolError("unknown response kind 0x%02x" % kind)
+        return (kind, self.decode_all(p, n, &pos))
+
+    def loads(self, data):
+        cdef bytes b = bytes(data)
+        cdef Py_ssize_t pos = 0
+        return self.decode_all(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), &pos)
+
+    def decode_request(self, data):
+        cdef bytes b = bytes(data)
+        return self.decode_request_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+    def decode_response(self, data):
+        cdef bytes b = bytes(data)
+        return self.decode_response_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+
+# ---------------------------------------------------------------------------
+# Incremental framing (for feeds in any split; the Connection reads directly)
+
+cdef int _parse_header(const unsigned char* p, Py_ssize_t avail, Py_ssize_t limit,
+                       Py_ssize_t* header, Py_ssize_t* body) except -1:
+    """Parse a frame header from p[0:avail]. Returns 0 and leaves header[0]
+    at 0 when more bytes are needed; else sets header size and body size.
+    Raises MessageTooLarge above limit and ProtocolError on a bad length."""
+    cdef int n32
+    cdef uint64_t n64
+    header[0] = 0
+    if avail < 4:
+        return 0
+    n32 = fm_get_i32be(p)
+    if n32 >= 0:
+        n64 = <uint64_t>n32
+        if n64 > <uint64_t>limit:
+            raise MessageTooLarge("message of %d bytes exceeds the limit of %d" % (n64, limit))
+        header[0] = 4
+        body[0] = n32
+        return 0
+    if n32 != -1:
+        raise ProtocolError("bad message length %d" % n32)
+    if avail < 12:
+        return 0
+    n64 = fm_get_u64be(p + 4)
+    if n64 > <uint64_t>limit:
+        raise MessageTooLarge("message of %d bytes exceeds the limit of %d" % (n64, limit))
+    header[0] = 12
+    body[0] = <Py_ssize_t>n64
+    return 0
+
+
+@cython.final
+cdef class FrameReader:
+    """Feed bytes in any split; take whole bodies out."""
+    cdef bytearray data
+    cdef Py_ssize_t max_message
+
+    def __init__(self, Py_ssize_t max_message=DEFAULT_MAX_MESSAGE):
+        self.data = bytearray()
+        self.max_message = max_message
+
+    def feed(self, data):
+        self.data += data
+
+    def next_message(self):
+        cdef Py_ssize_t header = 0, body = 0
+        cdef const unsigned char* p = <const unsigned char*><char*>self.data
+        _parse_header(p, len(self.data), self.max_message, &header, &body)
+        if header == 0 or len(self.data) - header < body:
+            return None
+        message = bytes(self.data[header:header + body])
+        del self.data[:header + body]
+        return message
+
+
+# ---------------------------------------------------------------------------
+# Connections
+
+cdef double NO_TIMEOUT = -1.0
+
+
+@cython.final
+cdef class Connection:
+    """A framed, connected stream socket (see _wire.pyi)."""
+    cdef object sock                # the socket.socket we own
+    cdef int fd                     # its descriptor, -1 once closed
+    cdef readonly Codec codec
+    cdef public Py_ssize_t max_message
+    cdef double _timeout            # seconds; NO_TIMEOUT waits forever
+    cdef public int spin_us         # spin budget before blocking
+    cdef int spin_now               # the adaptive budget in force (<= spin_us)
+    cdef int spin_misses            # blocking waits since spinning last paid off
+    cdef WriteBuffer wbuf           # outgoing message, header in its headroom
+    cdef unsigned char* rbuf        # incoming bytes
+    cdef Py_ssize_t rcap            # rbuf's size
+    cdef Py_ssize_t rstart          # first unconsumed byte in rbuf
+    cdef Py_ssize_t rend            # end of received bytes in rbuf
+
+    def __cinit__(self):
+        self.fd = -1
+        self.rcap = 16384
+        self.rbuf = <unsigned char*>PyMem_Malloc(self.rcap)
+        if self.rbuf == NULL:
+            raise MemoryError()
+
+    def __init__(self, sock, Codec codec=None, Py_ssize_t max_message=DEFAULT_MAX_MESSAGE,
+                 timeout=None):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.codec = codec if codec is not None else Codec()
+        self.max_message = max_message
+        self.timeout = timeout
+        self.spin_us = g_spin_us
+        self.spin_now = g_spin_us
+        self.wbuf = WriteBuffer()
+        sock.setblocking(True)
+        if sock.family in (_socket.AF_INET, _socket.AF_INET6):
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+
+    def __dealloc__(self):
+        PyMem_Free(self.rbuf)
+
+    property timeout:
+        def __get__(self):
+            return None if self._timeout < 0 else self._timeout
+        def __set__(self, value):
+            if value is None:
+                self._timeout = NO_TIMEOUT
+            elif value < 0:
+                raise ValueError("timeout must be None or >= 0")
+            else:
+                self._timeout = value
+
+    @property
+    def closed(self):
+        return self.fd < 0
+
+    def fileno(self):
+        self._check_open()
+        return self.fd
+
+    def close(self):
+        if self.fd >= 0:
+            self.fd = -1
+            self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef inline int _check_open(self) except -1:
+        if self.fd < 0:
+            raise OSError("handle is closed")
+        return 0
+
+    # -- waiting ------------------------------------------------------------
+
+    cdef int _wait(self, short events, double deadline) except -1:
+        """Block until fd is ready for events or the deadline passes (then
+        close and raise TimeoutError). Signals are checked on EINTR; an
+        exception from a handler also closes the connection, whose reply
+        would otherwise be read as the answer to the next call."""
+        cdef pollfd pfd
+        cdef int ms, rc
+        cdef double left
+        pfd.fd = self.fd
+        pfd.events = events
+        while True:
+            if deadline < 0:
+                ms = -1
+            else:
+                left = deadline - _now()
+                ms = <int>(left * 1000.0 + 0.999) if left > 0 else 0
+            with nogil:
+                rc = poll(&pfd, 1, ms)
+            if rc > 0:
+                return 0
+            if rc == 0:
+                self.close()
+                raise TimeoutError("timed out after %.3g s waiting for the peer" % self._timeout)
+            if errno != EINTR:
+                PyErr_SetFromErrno(OSError)
+                return -1
+            try:
+                PyErr_CheckSignals()
+            except BaseException:
+                self.close()
+                raise
+
+    cdef inline double _deadline(self) noexcept:
+        return NO_TIMEOUT if self._timeout < 0 else _now() + self._timeout
+
+    cdef ssize_t _spin_recv(self, unsigned char* dst, Py_ssize_t space) noexcept nogil:
+        """Poll with non-blocking recv for up to spin_now µs. Returns what
+        recv returned last (-1 with EAGAIN when the budget ran out)."""
+        cdef ssize_t got
+        cdef double until = _now() + self.spin_now * 1e-6
+        while True:
+            got = c_recv(self.fd, dst, space, MSG_DONTWAIT)
+            if got >= 0 or not fm_again(errno):
+                return got
+            if _now() >= until:
+                return -1
+
+    cdef int _fill(self, Py_ssize_t need, double deadline) except -1:
+        """Read until rbuf holds at least need unconsumed bytes.
+        Raises EOFError if the peer closes first."""
+        cdef ssize_t got
+        cdef int err
+        cdef Py_ssize_t have, space
+        cdef unsigned char* nbuf
+        cdef bint spun
+        self._check_open()
+        if self.rstart + need > self.rcap:
+            # compact first, grow only if that is not enough
+            have = self.rend - self.rstart
+            memmove(self.rbuf, self.rbuf + self.rstart, have)
+            self.rstart = 0
+            self.rend = have
+            if need > self.rcap:
+                nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, need)
+                if nbuf == NULL:
+                    raise MemoryError()
+                self.rbuf = nbuf
+                self.rcap = need
+        while self.rend - self.rstart < need:
+            space = self.rcap - self.rend
+            spun = False
+            with nogil:
+                got = c_recv(self.fd, self.rbuf + self.rend, space, MSG_DONTWAIT)
+                err = errno
+                if got < 0 and fm_again(err) and self.spin_now > 0:
+                    if fm_spin_enter():
+                        spun = True
+                        got = self._spin_recv(self.rbuf + self.rend, space)
+                        err = errno
+                        fm_spin_leave()
+            if got < 0 and fm_again(err):
+                if spun or self.spin_us > 0:
+                    self._adapt(spun, False)
+                self._wait(POLLIN, deadline)
+                continue
+            if spun:
+                self._adapt(True, True)
+            if got > 0:
+                self.rend += got
+            elif got == 0:
+                raise EOFError("the peer closed the connection")
+            elif err == EINTR:
+                try:
+                    PyErr_CheckSignals()
+                except BaseException:
+                    self.close()
+                    raise
+            else:
+                fm_set_errno(err)
+                PyErr_SetFromErrno(OSError)
+                return -1
+        return 0
+
+    cdef void _adapt(self, bint spun, bint paid) noexcept:
+        """Grow the spin budget when spinning catches the message, shrink it
+        when it does not, and try again now and then after it reached zero."""
+        if spun and paid:
+            self.spin_misses = 0
+            if self.spin_now < self.spin_us:
+                self.spin_now = min(self.spin_us, self.spin_now * 2)
+        elif spun:
+            self.spin_now //= 2
+        else:
+            self.spin_misses += 1
+            if self.spin_misses >= 64:
+                # now and then, look again: the CPUs we may use can change
+                self.spin_misses = 0
+                _refresh_max_spinners()
+                self.spin_now = max(1, self.spin_us // 4)
+
+    cdef int _recv_frame(self, Py_ssize_t limit, Py_ssize_t* start, Py_ssize_t* size) except -1:
+        """Receive one frame; its body is rbuf[start:start + size] until the
+        next receive. Precondition: the connection is open."""
+        cdef Py_ssize_t header = 0, body = 0
+        cdef double deadline = self._deadline()
+        if self.rend - self.rstart < 4:
+            self._fill(4, deadline)
+        _parse_header(self.rbuf + self.rstart, self.rend - self.rstart, limit, &header, &body)
+        if header == 0:
+            self._fill(12, deadline)
+            _parse_header(self.rbuf + self.rstart, self.rend - self.rstart, limit, &header, &body)
+        if self.rend - self.rstart < header + body:
+            self._fill(header + body, deadline)
+        start[0] = self.rstart + header
+        size[0] = body
+        self.rstart += header + body
+        if self.rstart == self.rend:
+            self.rstart = self.rend = 0
+        return 0
+
+    cdef void _shrink(self) noexcept:
+        """Give back a buffer that one large message grew, once it is empty."""
+        cdef unsigned char* nbuf
+        if self.rcap > (4 << 20) and self.rstart == self.rend:
+            nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, 16384)
+            if nbuf != NULL:
+                self.rbuf = nbuf
+                self.rcap = 16384
+                self.rstart = self.rend = 0
+
+    # -- sending ------------------------------------------------------------
+
+    cdef int _send_all(self, const unsigned char* data, Py_ssize_t n) except -1:
+        cdef ssize_t sent
+        cdef double deadline = -2.0
+        while n > 0:
+            with nogil:
+                sent = c_send(self.fd, data, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if sent >= 0:
+                data += sent
+                n -= sent
+            elif fm_again(errno):
+                if deadline == -2.0:
+                    deadline = self._deadline()
+                self._wait(POLLOUT, deadline)
+            elif errno == EINTR:
+                PyErr_CheckSignals()
+            else:
+                PyErr_SetFromErrno(OSError)
+                return -1
+        return 0
+
+    cdef int _send_buffer(self) except -1:
+        """Send wbuf as one frame: one write for header and body."""
+        cdef Py_ssize_t n = self.wbuf.length - HEADROOM
+        cdef bytes head
+        self._check_open()
+        if _big_frame(n):
+            head = _header(n)
+            self._send_all(<const unsigned char*>PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+            return self._send_all(self.wbuf.buf + HEADROOM, n)
+        self.wbuf.frame()
+        return self._send_all(self.wbuf.buf, self.wbuf.length)
+
+    def send_bytes(self, buf, Py_ssize_t offset=0, size=None):
+        cdef const unsigned char[::1] view = memoryview(buf).cast("B")
+        cdef Py_ssize_t n = view.shape[0] - offset if size is None else size
+        if offset < 0 or n < 0 or offset + n > view.shape[0]:
+            raise ValueError("offset/size out of range")
+        self._check_open()
+        self.wbuf.reset()
+        if n <= c_copy_threshold:
+            if n:
+                self.wbuf.write_raw(&view[offset], n)
+            return self._send_buffer()
+        head = _header(n)
+        self._send_all(<const unsigned char*>PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+        return self._send_all(&view[offset], n)
+
+    def recv_bytes(self, maxlength=None):
+        cdef Py_ssize_t start, size
+        cdef Py_ssize_t limit = self.max_message
+        if maxlength is not None:
+            if maxlength < 0:
+                raise ValueError("negative maxlength")
+            limit = min(limit, maxlength)
+        self._check_open()
+        self._recv_frame(limit, &start, &size)
+        data = PyBytes_FromStringAndSize(<char*>self.rbuf + start, size)
+        self._shrink()
+        return data
+
+    def send(self, obj):
+        self._check_open()
+        self.wbuf.reset()
+        self.codec.encode_top(self.wbuf, obj)
+        self._send_buffer()
+
+    def recv(self):
+        cdef Py_ssize_t start, size, pos = 0
+        self._check_open()
+        self._recv_frame(self.max_message, &start, &size)
+        try:
+            return self.codec.decode_all(self.rbuf + start, size, &pos)
+        finally:
+            self._shrink()
+
+    def poll(self, timeout=0.0):
+        cdef pollfd pfd
+        cdef int rc, ms
+        self._check_open()
+        if self.rend > self.rstart:
+            return True
+        ms = -1 if timeout is None else max(0, <int>(timeout * 1000.0))
+        pfd.fd = self.fd
+        pfd.events = POLLIN
+        with nogil:
+            rc = poll(&pfd, 1, ms)
+        if rc < 0:
+            PyErr_SetFromErrno(OSError)
+        return rc > 0
+
+    def send_request(self, int kind, uint64_t ident, method, args=(), kwds=None):
+        self._check_open()
+        self.wbuf.reset()
+        self.codec.encode_request_into(self.wbuf, kind, ident, method, args, kwds)
+        self._send_buffer()
+
+    def recv_response(self):
+        cdef Py_ssize_t start, size
+        self._check_open()
+        self._recv_frame(self.max_message, &start, &size)
+        try:
+            return self.codec.decode_response_at(self.rbuf + start, size)
+        finally:
+            self._shrink()
+
+    def call(self, uint64_t ident, method, args=(), kwds=None):
+        """Send a request and wait for its response: (kind, value)."""
+        cdef Py_ssize_t start, size
+        self._check_open()
+        self.wbuf.reset()
+        self.codec.encode_request_into(self.wbuf, REQ_CALL, ident, method, args, kwds)
+        self._send_buffer()
+        self._recv_frame(self.max_message, &start, &size)
+        try:
+            return self.codec.decode_response_at(self.rbuf + start, size)
+        finally:
+            self._shrink()
+
+    # used by serve_connection
+    cdef int _respond(self, int kind, object value) except -1:
+        self.wbuf.reset()
+        self.codec.encode_response_into(self.wbuf, kind, value)
+        return self._send_buffer()
+
+
+# ---------------------------------------------------------------------------
+# The handshake (see _protocol.py); nothing is decoded before it succeeds
+
+def _digest(key, prefix, nonce):
+    return _hmac.new(key, prefix + nonce, "sha256").digest()
+
+
+cdef _check_key(authkey):
+    if not isinstance(authkey, bytes):
+        raise TypeError("authkey should be a byte string, not %s" % type(authkey).__name__)
+
+
+def deliver_challenge(Connection conn, authkey):
+    """Server side: challenge the client, then prove we know the key too.
+    Returns the client's hello bytes."""
+    _check_key(authkey)
+    nonce = _os.urandom(NONCE_SIZE)
+    conn.send_bytes(MAGIC + nonce)
+    try:
+        reply = conn.recv_bytes(MAX_HANDSHAKE_FRAME)
+    except (ProtocolError, EOFError) as exc:
+        raise AuthenticationError("handshake failed: %s" % exc) from None
+    if len(reply) < DIGEST_SIZE + NONCE_SIZE or len(reply) > DIGEST_SIZE + NONCE_SIZE + MAX_HELLO:
+        raise AuthenticationError("malformed handshake reply")
+    if not _hmac.compare_digest(reply[:DIGEST_SIZE], _digest(authkey, b"C", nonce)):
+        try:
+            conn.send_bytes(FAILURE)
+        except OSError:
+            pass
+        raise AuthenticationError("digest received was wrong")
+    client_nonce = reply[DIGEST_SIZE:DIGEST_SIZE + NONCE_SIZE]
+    conn.send_bytes(WELCOME + _digest(authkey, b"S", client_nonce))
+    return reply[DIGEST_SIZE + NONCE_SIZE:]
+
+
+def answer_challenge(Connection conn, authkey, hello=b""):
+    """Client side: answer the server's challenge and check its proof."""
+    _check_key(authkey)
+    if len(hello) > MAX_HELLO:
+        raise ValueError("hello is longer than %d bytes" % MAX_HELLO)
+    try:
+        challenge = conn.recv_bytes(MAX_HANDSHAKE_FRAME)
+    except ProtocolError as exc:
+        raise AuthenticationError("handshake failed: %s" % exc) from None
+    if len(challenge) != len(MAGIC) + NONCE_SIZE or challenge[:len(MAGIC)] != MAGIC:
+        raise AuthenticationError("the peer is not a fastmgr server of protocol %d" % MAGIC[-1])
+    nonce = _os.urandom(NONCE_SIZE)
+    conn.send_bytes(_digest(authkey, b"C", challenge[len(MAGIC):]) + nonce + bytes(hello))
+    try:
+        answer = conn.recv_bytes(MAX_HANDSHAKE_FRAME)
+    except ProtocolError as exc:
+        raise AuthenticationError("handshake failed: %s" % exc) from None
+    if answer == FAILURE:
+        raise AuthenticationError("digest sent was rejected")
+    if not (answer.startswith(WELCOME) and
+            _hmac.compare_digest(answer[len(WELCOME):], _digest(authkey, b"S", nonce))):
+        raise AuthenticationError("the server did not prove it knows the key")
+
+
+# ---------------------------------------------------------------------------
+# The server's loop for one connection
+
+def serve_connection(Connection conn, dict table, tuple control, fallback, make_proxy):
+    """Receive, decode, look up, check exposure, call, encode, send; until
+    the peer closes (see _wire.pyi for the contract)."""
+    cdef Codec codec = conn.codec
+    cdef Py_ssize_t start, size
+    cdef int kind, rkind
+    cdef tuple request, entry
+    cdef object ident, method, args, kwds, obj, exposed, m2t, result, typeid
+    while True:
+        try:
+            conn._recv_frame(conn.max_message, &start, &size)
+        except EOFError:
+            return None
+        try:
+            request = codec.decode_request_at(conn.rbuf + start, size)
+        except ProtocolError:
+            raise
+        except Exception:
+            # well framed, but its contents would not decode (an unpickling
+            # error, say): the caller learns why, the connection goes on
+            conn._shrink()
+            if size > 0 and conn.rbuf[start] == REQ_ONEWAY:
+                continue
+            conn._respond(RESP_FAILURE, _traceback.format_exc())
+            continue
+        conn._shrink()
+        kind = request[0]
+        ident = request[1]
+        method = request[2]
+        args = request[3]
+        kwds = request[4]
+        try:
+            if ident == 0:
+                entry = control
+            else:
+                entry = table[ident]
+            obj = entry[0]
+            exposed = entry[1]
+        except Exception:
+            rkind = RESP_FAILURE
+            result = _traceback.format_exc()
+        else:
+            if method not in exposed:
+                try:
+                    result = fallback(ident, obj, method, args, kwds if kwds is not None else {})
+                    rkind = RESP_RETURN
+                except Exception:
+                    rkind = RESP_FAILURE
+                    result = _traceback.format_exc()
+            else:
+                if type(args) is not tuple:
+                    args = tuple(args)
+                try:
+                    if kwds is None:
+                        result = getattr(obj, method)(*args)
+                    else:
+                        result = getattr(obj, method)(*args, **kwds)
+                    rkind = RESP_RETURN
+                except Exception as exc:
+                    rkind = RESP_ERROR
+                    result = (exc, _traceback.format_exc())
+                else:
+                    m2t = entry[2]
+                    if m2t is not None:
+                        typeid = m2t.get(method)
+                        if typeid is not None:
+                            try:
+                                result = make_proxy(typeid, result)
+                                rkind = RESP_PROXY
+                            except Exception:
+                                rkind = RESP_FAILURE
+                                result = _traceback.format_exc()
+        if kind == REQ_ONEWAY:
+            continue
+        try:
+            conn._respond(rkind, result)
+        except (OSError, EOFError):
+            raise
+        except Exception:
+            conn._respond(RESP_FAILURE, _traceback.format_exc())
+        result = None
