@@ -1,0 +1,124 @@
+"""Listener and Client, shaped like ``multiprocessing.connection``'s.
+
+A connection is the wire's ``Connection``: framed, authenticated by the
+handshake of ``_protocol.py`` before anything is decoded.  Addresses are
+those of the stdlib: a ``(host, port)`` tuple for TCP (an IPv6 host such as
+``'::1'`` works too), a path string for a unix socket.
+"""
+import os
+import socket
+from multiprocessing import connection as _mpc
+from multiprocessing import util
+
+from ._backend import wire
+
+__all__ = ["Listener", "Client", "address_family", "default_address"]
+
+#: how long an unauthenticated peer may take over the handshake (seconds)
+HANDSHAKE_TIMEOUT = 20.0
+
+
+def address_family(address):
+    """The socket family for an address: AF_UNIX for a path, AF_INET6 for a
+    tuple whose host is an IPv6 literal (or a 4-tuple), else AF_INET."""
+    if isinstance(address, (str, bytes, os.PathLike)):
+        return socket.AF_UNIX
+    if isinstance(address, tuple):
+        if len(address) == 4 or ":" in str(address[0]):
+            return socket.AF_INET6
+        return socket.AF_INET
+    raise ValueError("address type of %r unrecognized" % (address,))
+
+
+def default_address():
+    """A fresh unix socket path in this process's temporary directory."""
+    return _mpc.arbitrary_address("AF_UNIX")
+
+
+class Listener:
+    """A bound, listening socket whose ``accept`` returns raw connections;
+    the server authenticates them in their own threads (a slow or hostile
+    peer never holds up the accept loop)."""
+
+    def __init__(self, address=None, backlog=128, codec=None, max_message=None):
+        if address is None:
+            address = default_address()
+        family = address_family(address)
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family != socket.AF_UNIX:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(address)
+            self._sock.listen(backlog)
+        except BaseException:
+            self._sock.close()
+            raise
+        self.address = self._sock.getsockname()
+        if family == socket.AF_INET6:
+            self.address = self.address[:2]
+        self._unlink = None
+        if family == socket.AF_UNIX:
+            self._unlink = util.Finalize(self, os.unlink, args=(address,), exitpriority=0)
+        self._codec = codec
+        self._max_message = max_message
+        self.last_accepted = None
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def accept(self):
+        """The next connection, not yet authenticated."""
+        sock, self.last_accepted = self._sock.accept()
+        return self._wrap(sock)
+
+    def _wrap(self, sock):
+        kwargs = {"codec": self._codec}
+        if self._max_message:
+            kwargs["max_message"] = self._max_message
+        return wire.Connection(sock, **kwargs)
+
+    def close(self):
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            # shutdown() wakes a thread blocked in accept() on Linux
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+            if self._unlink is not None:
+                self._unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=None):
+    """Connect to ``address`` and authenticate with ``authkey``.
+
+    ``timeout`` bounds the connect and the handshake; the returned
+    connection waits without a limit unless told otherwise.
+    """
+    family = address_family(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    kwargs = {"codec": codec}
+    if max_message:
+        kwargs["max_message"] = max_message
+    conn = wire.Connection(sock, **kwargs)
+    try:
+        conn.timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
+        wire.answer_challenge(conn, bytes(authkey), hello)
+        conn.timeout = None
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,421 @@
+"""Proxies and this process's links to manager servers.
+
+A ``Peer`` is this process's link to one server: one connection per thread
+(for calls), one idle *anchor* connection that keeps the process's session
+alive on the server, and the count of live proxies per ident.  Proxies never
+do I/O when they die: they queue their ident, and the next call on any
+thread sends the queued decrefs ahead of itself, without waiting for a reply.
+"""
+import os
+import threading
+from multiprocessing import process, util
+from multiprocessing.context import get_spawning_popen
+
+from . import _protocol as P
+from ._backend import wire
+from .connection import Client
+from .errors import ManagerGone, ProtocolError, RemoteError, RemoteTraceback
+
+__all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy"]
+
+RESP_RETURN = P.RESP_RETURN
+
+
+class Token:
+    """Identifies a shared object: its typeid, its server's address, its ident."""
+
+    __slots__ = ("typeid", "address", "id")
+
+    def __init__(self, typeid, address, id):
+        (self.typeid, self.address, self.id) = (typeid, address, id)
+
+    def __getstate__(self):
+        return (self.typeid, self.address, self.id)
+
+    def __setstate__(self, state):
+        (self.typeid, self.address, self.id) = state
+
+    def __repr__(self):
+        return "%s(typeid=%r, address=%r, id=%r)" % (
+            self.__class__.__name__, self.typeid, self.address, self.id)
+
+
+# ---------------------------------------------------------------------------
+# Sessions and peers
+
+class _Session:
+    """This process's session id, sent in every handshake; new after a fork."""
+    id = os.urandom(16)
+
+
+_peers = {}            # (address, serializer) -> Peer
+_peers_lock = threading.Lock()
+
+
+class Peer:
+    """This process's link to the server at ``address``."""
+
+    def __init__(self, address, authkey, serializer):
+        self.address = address
+        self.authkey = authkey
+        self.codec = wire.Codec(serializer)
+        self.tls = threading.local()   # .conn: the calling thread's connection
+        self.lock = threading.Lock()
+        self.anchor = None             # keeps the session alive; never used for calls
+        self.held = {}                 # ident -> live proxies that own a reference
+        self.dead = []                 # idents of proxies that died since the last flush
+        self.timeout = None            # per-call timeout of new connections
+
+    def _connect(self):
+        with self.lock:
+            if self.anchor is None or self.anchor.closed:
+                self.anchor = Client(self.address, self.authkey, self.codec, hello=_Session.id)
+        conn = Client(self.address, self.authkey, self.codec, hello=_Session.id)
+        conn.timeout = self.timeout
+        self.tls.conn = conn
+        return conn
+
+    def _drop(self, conn):
+        conn.close()
+        if getattr(self.tls, "conn", None) is conn:
+            del self.tls.conn
+
+    def call(self, ident, method, /, args=(), kwds=None):
+        """One request on the calling thread's connection: (kind, value)."""
+        try:
+            conn = self.tls.conn
+        except AttributeError:
+            conn = self._connect()
+        if self.dead:
+            self._flush(conn)
+        try:
+            return conn.call(ident, method, args, kwds)
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+
+    def _failed(self, conn, exc):
+        """After a failed call: a broken or closed connection is dropped (the
+        next call makes a new one); a vanished server is ManagerGone."""
+        if isinstance(exc, (EOFError, ConnectionError, ProtocolError)) or conn.closed:
+            self._drop(conn)
+        if isinstance(exc, (EOFError, ConnectionError)) and not isinstance(exc, ManagerGone):
+            raise ManagerGone("the manager at %r is gone: %s" % (self.address, exc)) from exc
+
+    def control(self, method, /, *args, **kwds):
+        kind, value = self.call(0, method, args, kwds or None)
+        if kind == RESP_RETURN:
+            return value
+        raise reply_error(kind, value)
+
+    # -- references --------------------------------------------------------
+
+    def adopt(self, ident):
+        """A proxy took over a reference the server already counted for us."""
+        with self.lock:
+            self.held[ident] = self.held.get(ident, 0) + 1
+
+    def acquire(self, ident):
+        """A new proxy needs its own reference: ask the server for one."""
+        self.control("incref", ident)
+        self.adopt(ident)
+
+    def release(self, ident):
+        """Called from a proxy's finalizer: no I/O and no lock here."""
+        self.dead.append(ident)
+
+    def _settle(self):
+        """Take the dead proxies into account; return the idents to decref."""
+        idents = []
+        with self.lock:
+            while self.dead:
+                ident = self.dead.pop()
+                left = self.held.get(ident, 0) - 1
+                if left < 0:
+                    continue  # inherited through fork, not ours
+                if left:
+                    self.held[ident] = left
+                else:
+                    del self.held[ident]
+                idents.append(ident)
+        return idents
+
+    def _flush(self, conn):
+        idents = self._settle()
+        if idents:
+            conn.send_request(P.REQ_ONEWAY, 0, "decref_many", (idents,))
+
+    def flush(self):
+        if self.dead:
+            self.control("dummy")
+
+    def _after_fork_child(self):
+        """In a forked child: the parent's connections and references are not
+        ours.  Proxies inherited from the parent keep working on new
+        connections; _reacquire() takes references for them."""
+        self.tls = threading.local()
+        self.lock = threading.Lock()
+        self.anchor = None
+        self.inherited, self.held, self.dead = self.held, {}, []
+
+    def _reacquire(self):
+        """In a child started by multiprocessing: own references for the
+        proxies inherited from the parent, as the stdlib does."""
+        inherited = getattr(self, "inherited", None)
+        if not inherited:
+            return
+        self.inherited = {}
+        for ident, count in inherited.items():
+            try:
+                self.control("incref", ident, count)
+            except Exception as exc:
+                util.info("incref after fork failed: %s", exc)
+                continue
+            with self.lock:
+                self.held[ident] = self.held.get(ident, 0) + count
+
+
+class LocalPeer(Peer):
+    """The server's own link to itself, for proxies that live inside the
+    server (a proxy stored in a managed dict, say).  Their references belong
+    to the server's local session and are counted without any I/O."""
+
+    def __init__(self, server, address, authkey, serializer):
+        super().__init__(address, authkey, serializer)
+        self.server = server
+
+    def acquire(self, ident):
+        from .server import LOCAL_SESSION
+        self.server.incref(LOCAL_SESSION, ident)
+
+    def adopt(self, ident):
+        self.acquire(ident)
+
+    def release(self, ident):
+        self.server.dead_local.append(ident)
+
+
+def _server_here(address):
+    server = getattr(process.current_process(), "_manager_server", None)
+    if server is not None and server.owns(address):
+        return server
+    return None
+
+
+def peer_for(address, authkey, serializer):
+    key = (address, serializer)
+    peer = _peers.get(key)
+    if peer is None:
+        with _peers_lock:
+            peer = _peers.get(key)
+            if peer is None:
+                server = _server_here(address)
+                if server is not None:
+                    peer = LocalPeer(server, address, authkey, serializer)
+                else:
+                    peer = Peer(address, authkey, serializer)
+                _peers[key] = peer
+    return peer
+
+
+def forget_peer(address):
+    """A manager shut down: drop this process's links to it."""
+    with _peers_lock:
+        for key in [k for k in _peers if k[0] == address]:
+            del _peers[key]
+
+
+def _after_fork_in_child():
+    _Session.id = os.urandom(16)
+    global _peers_lock
+    _peers_lock = threading.Lock()
+    for peer in list(_peers.values()):
+        peer._after_fork_child()
+
+
+def _after_fork_in_mp_child(_registry_key):
+    for peer in list(_peers.values()):
+        peer._reacquire()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _ForkHook:
+    """multiprocessing runs after-fork hooks of objects still alive in the
+    child's bootstrap; this one lives as long as the module."""
+
+
+_fork_hook = _ForkHook()
+util.register_after_fork(_fork_hook, _after_fork_in_mp_child)
+
+
+# ---------------------------------------------------------------------------
+# Replies
+
+def reply_error(kind, value):
+    """The exception a non-RETURN reply stands for (RESP_PROXY excluded)."""
+    if kind == P.RESP_ERROR:
+        exc, tb = value
+        if isinstance(exc, BaseException):
+            exc.__cause__ = RemoteTraceback(tb)
+            return exc
+        return RemoteError(tb)
+    if kind == P.RESP_FAILURE:
+        return RemoteError(value)
+    return ValueError("Unrecognized message type %r" % (kind,))
+
+
+_proxytypes = {}       # typeid -> proxytype, from every register() call
+
+
+class _Adopting(threading.local):
+    """Set while a proxy is built for a reference the server already counted,
+    so the proxy type's __init__ (maybe the user's) needs no extra argument."""
+    on = False
+
+
+_adopting = _Adopting()
+
+
+def build_proxy(proxytype, token, serializer, manager, authkey, exposed):
+    """A proxy for a reference that the server counted for this process."""
+    _adopting.on = True
+    try:
+        return proxytype(token, serializer, manager=manager, authkey=authkey, exposed=exposed)
+    finally:
+        _adopting.on = False
+
+
+# ---------------------------------------------------------------------------
+# Proxies
+
+class BaseProxy:
+    """A base for proxies of shared objects."""
+
+    def __init__(self, token, serializer, manager=None, authkey=None, exposed=None,
+                 incref=True, manager_owned=False):
+        if authkey is not None:
+            authkey = process.AuthenticationString(authkey)
+        elif manager is not None:
+            authkey = manager._authkey
+        else:
+            authkey = process.current_process().authkey
+        self._token = token
+        self._id = token.id
+        self._manager = manager
+        self._serializer = serializer
+        self._authkey = authkey
+        self._owned_by_manager = manager_owned
+        self._owns_ref = False
+        self._peer = peer_for(token.address, authkey, serializer)
+        if _adopting.on:
+            _adopting.on = False
+            self._peer.adopt(self._id)
+            self._owns_ref = True
+        elif incref:
+            self._peer.acquire(self._id)
+            self._owns_ref = True
+
+    def __del__(self):
+        if self._owns_ref:
+            self._owns_ref = False
+            self._peer.release(self._id)
+
+    def _callmethod(self, methodname, args=(), kwds={}):
+        """Call methodname on the referent and return a copy of the result."""
+        kind, result = self._peer.call(self._id, methodname, args, kwds or None)
+        if kind == RESP_RETURN:
+            return result
+        if kind == P.RESP_PROXY:
+            return self._proxy_from_reply(result)
+        raise reply_error(kind, result)
+
+    def _proxy_from_reply(self, result):
+        typeid, ident, exposed = result
+        token = Token(typeid, self._token.address, ident)
+        if self._manager is not None and typeid in self._manager._registry:
+            proxytype = self._manager._registry[typeid][-1]
+        else:
+            proxytype = _proxytypes.get(typeid, AutoProxy)
+        return build_proxy(proxytype, token, self._serializer, self._manager, self._authkey,
+                           exposed)
+
+    def _getvalue(self):
+        """Get a copy of the value of the referent."""
+        return self._callmethod("#GETVALUE")
+
+    def _incref(self):
+        self._peer.acquire(self._id)
+        self._owns_ref = True
+
+    def __reduce__(self):
+        kwds = {}
+        if get_spawning_popen() is not None:
+            kwds["authkey"] = self._authkey
+        if getattr(self, "_isauto", False):
+            kwds["exposed"] = self._exposed_
+            return (RebuildProxy, (AutoProxy, self._token, self._serializer, kwds))
+        return (RebuildProxy, (type(self), self._token, self._serializer, kwds))
+
+    def __deepcopy__(self, memo):
+        return self._getvalue()
+
+    def __repr__(self):
+        return "<%s object, typeid %r at %#x>" % (type(self).__name__, self._token.typeid, id(self))
+
+    def __str__(self):
+        """The referent's repr, or a fall-back if that fails."""
+        try:
+            return self._callmethod("__repr__")
+        except Exception:
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def RebuildProxy(func, token, serializer, kwds):
+    """Unpickle a proxy: it takes its own reference in this process."""
+    if _server_here(token.address) is not None:
+        kwds["manager_owned"] = True
+    kwds.pop("incref", None)
+    return func(token, serializer, incref=True, **kwds)
+
+
+_proxy_type_cache = {}
+
+
+def _forwarder(name):
+    def method(self, /, *args, **kwds):
+        return self._callmethod(name, args, kwds)
+    method.__name__ = name
+    return method
+
+
+def MakeProxyType(name, exposed, _cache=None):
+    """A BaseProxy subclass with one forwarding method per exposed name."""
+    exposed = tuple(exposed)
+    cache = _proxy_type_cache if _cache is None else _cache
+    try:
+        return cache[(name, exposed)]
+    except KeyError:
+        pass
+    namespace = {meth: _forwarder(meth) for meth in exposed}
+    proxytype = type(name, (BaseProxy,), namespace)
+    proxytype._exposed_ = exposed
+    cache[(name, exposed)] = proxytype
+    return proxytype
+
+
+def AutoProxy(token, serializer, manager=None, authkey=None, exposed=None, incref=True,
+              manager_owned=False):
+    """A proxy whose methods are those the server exposes for token."""
+    if authkey is None and manager is not None:
+        authkey = manager._authkey
+    if authkey is None:
+        authkey = process.current_process().authkey
+    if exposed is None:
+        exposed = peer_for(token.address, authkey, serializer).control("get_methods", token.id)
+    proxytype = MakeProxyType("AutoProxy[%s]" % token.typeid, exposed)
+    proxy = proxytype(token, serializer, manager=manager, authkey=authkey, incref=incref,
+                      manager_owned=manager_owned)
+    proxy._isauto = True
+    return proxy

@@ -1,0 +1,332 @@
+"""The manager server: accept loop, one thread per connection, object table.
+
+Every shared object has an integer ident and an entry
+``table[ident] = (obj, exposed, method_to_typeid)`` that the compiled serve
+loop reads without a lock (a dict lookup is atomic).  Reference counts are
+kept per *session*, one session per client process: a session's references
+go when its last connection closes, so a client that dies, even by SIGKILL,
+leaves nothing behind.  Ident 0 on every connection is that connection's
+``Control`` object: create, incref, decref and the other manager requests.
+"""
+import itertools
+import logging
+import os
+import sys
+import threading
+import traceback
+from multiprocessing import process
+
+from ._backend import wire
+from .connection import HANDSHAKE_TIMEOUT, Listener
+from .errors import AuthenticationError
+
+__all__ = ["Server", "public_methods", "all_methods"]
+
+log = logging.getLogger("fastmgr.server")
+
+#: the session of references held by proxies that live in the server itself
+LOCAL_SESSION = b"local"
+
+
+def all_methods(obj):
+    """Names of the callable attributes of obj."""
+    return [name for name in dir(obj) if callable(getattr(obj, name, None))]
+
+
+def public_methods(obj):
+    """Names of the callable attributes of obj that do not start with '_'."""
+    return [name for name in all_methods(obj) if name[0] != "_"]
+
+
+class Session:
+    """The references one client process holds, and its open connections."""
+
+    __slots__ = ("connections", "refs")
+
+    def __init__(self):
+        self.connections = 0
+        self.refs = {}  # ident -> count
+
+
+class Control:
+    """Ident 0 of one connection: the manager's own requests."""
+
+    exposed = frozenset([
+        "create", "incref", "decref", "decref_many", "get_methods", "dummy",
+        "debug_info", "number_of_objects", "shutdown", "set_name",
+    ])
+
+    def __init__(self, server, session):
+        self._server = server
+        self._session = session
+
+    def create(self, typeid, /, *args, **kwds):
+        return self._server.create(self._session, typeid, *args, **kwds)
+
+    def incref(self, ident, count=1):
+        self._server.incref(self._session, ident, count)
+
+    def decref(self, ident):
+        self._server.decref_many(self._session, (ident,))
+
+    def decref_many(self, idents):
+        self._server.decref_many(self._session, idents)
+
+    def get_methods(self, ident):
+        return tuple(self._server.table[ident][1])
+
+    def dummy(self):
+        return None
+
+    def debug_info(self):
+        return self._server.debug_info()
+
+    def number_of_objects(self):
+        return self._server.number_of_objects()
+
+    def shutdown(self):
+        self._server.stop_event.set()
+
+    def set_name(self, name):
+        threading.current_thread().name = name
+
+
+class Server:
+    """Serves the objects of a manager's registry on ``address``."""
+
+    def __init__(self, registry, address, authkey, serializer, *, max_message=None):
+        if not isinstance(authkey, bytes):
+            raise TypeError("Authkey {0!r} is type {1!s}, not bytes".format(authkey, type(authkey)))
+        self.registry = registry
+        self.authkey = process.AuthenticationString(authkey)
+        self.serializer = serializer
+        self.codec = wire.Codec(serializer)
+        self.listener = Listener(address, codec=self.codec, max_message=max_message)
+        self.address = self.listener.address
+        self.table = {}         # ident -> (obj, exposed set, method_to_typeid)
+        self.refcount = {}      # ident -> references held by all sessions
+        self.sessions = {}      # session id -> Session
+        self.dead_local = []    # idents whose in-server proxy died; see flush_local()
+        self.mutex = threading.Lock()
+        self.stop_event = threading.Event()
+        self._idents = itertools.count(1)
+        self._connections = set()
+
+    # -- running -----------------------------------------------------------
+
+    def serve_forever(self):
+        """Serve until a client asks for shutdown, then exit the process (as
+        the stdlib's server does)."""
+        process.current_process()._manager_server = self
+        try:
+            accepter = threading.Thread(target=self.accepter, name="fastmgr-accepter", daemon=True)
+            accepter.start()
+            try:
+                while not self.stop_event.is_set():
+                    self.stop_event.wait(1)
+            except (KeyboardInterrupt, SystemExit):
+                pass
+        finally:
+            self.close()
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            sys.exit(0)
+
+    def accepter(self):
+        while not self.stop_event.is_set():
+            try:
+                conn = self.listener.accept()
+            except OSError:
+                if self.listener._sock is None:
+                    return
+                continue
+            threading.Thread(target=self.handle_connection, args=(conn,), daemon=True).start()
+
+    def close(self):
+        self.stop_event.set()
+        self.listener.close()
+        for conn in list(self._connections):
+            conn.close()
+
+    def handle_connection(self, conn):
+        """Authenticate, then serve one connection until it closes."""
+        peer = self.listener.last_accepted
+        try:
+            conn.timeout = HANDSHAKE_TIMEOUT
+            session = bytes(wire.deliver_challenge(conn, bytes(self.authkey)))
+            conn.timeout = None
+        except (AuthenticationError, OSError, EOFError) as exc:
+            log.warning("failed authentication from %s: %s", peer or "a local client", exc)
+            conn.close()
+            return
+        log.info("connection from %s", peer or "a local client")
+        _current_session.value = session
+        self._attach(session, conn)
+        try:
+            wire.serve_connection(conn, self.table, (Control(self, session), Control.exposed, None),
+                                  self.fallback, self.make_proxy)
+        except (OSError, EOFError) as exc:
+            log.info("dropping a connection: %s", exc)
+        except Exception:
+            log.exception("error serving a connection")
+        finally:
+            conn.close()
+            self._detach(session, conn)
+            log.info("disconnection of %s", peer or "a local client")
+
+    def _attach(self, session, conn):
+        with self.mutex:
+            self._connections.add(conn)
+            self.sessions.setdefault(session, Session()).connections += 1
+
+    def _detach(self, session, conn):
+        """Forget a connection; the last one of a session frees its references."""
+        with self.mutex:
+            self._connections.discard(conn)
+            state = self.sessions[session]
+            state.connections -= 1
+            if state.connections or session == LOCAL_SESSION:
+                return
+            del self.sessions[session]
+            garbage = self._drop(state.refs.items())
+        del garbage
+        self.flush_local()
+
+    # -- the object table --------------------------------------------------
+
+    def register_object(self, typeid, obj):
+        """Put obj in the table under typeid's exposure; return (ident, exposed)."""
+        _callable, exposed, method_to_typeid, _proxytype = self.registry[typeid]
+        if exposed is None:
+            exposed = public_methods(obj)
+        if method_to_typeid is not None:
+            if not isinstance(method_to_typeid, dict):
+                raise TypeError("Method_to_typeid {0!r}: type {1!s}, not dict".format(
+                    method_to_typeid, type(method_to_typeid)))
+            exposed = list(exposed) + list(method_to_typeid)
+        ident = next(self._idents)
+        self.table[ident] = (obj, frozenset(exposed), method_to_typeid)
+        return ident, tuple(exposed)
+
+    def create(self, session, typeid, /, *args, **kwds):
+        """Make a new shared object; the caller's session holds one reference."""
+        self.flush_local()
+        callable_ = self.registry[typeid][0]
+        if callable_ is None:
+            if kwds or len(args) != 1:
+                raise ValueError("Without callable, must have one non-keyword argument")
+            obj = args[0]
+        else:
+            obj = callable_(*args, **kwds)
+        with self.mutex:
+            ident, exposed = self.register_object(typeid, obj)
+            self._incref(session, ident, 1)
+        return ident, exposed
+
+    def make_proxy(self, typeid, obj):
+        """A method in method_to_typeid returned obj: share it, for the
+        calling session (found through the current connection's thread)."""
+        session = _current_session.value
+        with self.mutex:
+            ident, exposed = self.register_object(typeid, obj)
+            self._incref(session, ident, 1)
+        return (typeid, ident, exposed)
+
+    def _incref(self, session, ident, count):
+        """Precondition: self.mutex is held."""
+        if ident not in self.table:
+            raise KeyError(ident)
+        refs = self.sessions.setdefault(session, Session()).refs
+        refs[ident] = refs.get(ident, 0) + count
+        self.refcount[ident] = self.refcount.get(ident, 0) + count
+
+    def incref(self, session, ident, count=1):
+        with self.mutex:
+            self._incref(session, ident, count)
+
+    def decref_many(self, session, idents):
+        """Drop one of session's references to each ident (repeats allowed)."""
+        with self.mutex:
+            state = self.sessions.get(session)
+            refs = state.refs if state is not None else {}
+            pairs = []
+            for ident in idents:
+                held = refs.get(ident, 0)
+                if held <= 0:
+                    log.debug("decref of %r, which session does not hold", ident)
+                    continue
+                if held == 1:
+                    del refs[ident]
+                else:
+                    refs[ident] = held - 1
+                pairs.append((ident, 1))
+            garbage = self._drop(pairs)
+        del garbage  # objects die here, outside the lock
+        self.flush_local()
+
+    def _drop(self, pairs):
+        """Remove counts; return the objects whose count reached zero, for
+        the caller to let go of outside the lock. Precondition: mutex held."""
+        garbage = []
+        for ident, count in pairs:
+            left = self.refcount.get(ident, 0) - count
+            if left > 0:
+                self.refcount[ident] = left
+                continue
+            self.refcount.pop(ident, None)
+            garbage.append(self.table.pop(ident, None))
+        return garbage
+
+    def flush_local(self):
+        """Release references of in-server proxies that died since last time
+        (their finalizers only queue the ident; see proxies.LocalPeer)."""
+        while self.dead_local:
+            idents = []
+            while self.dead_local:
+                idents.append(self.dead_local.pop())
+            self.decref_many(LOCAL_SESSION, idents)
+
+    def number_of_objects(self):
+        self.flush_local()
+        return len(self.refcount)
+
+    def debug_info(self):
+        self.flush_local()
+        with self.mutex:
+            lines = []
+            for ident in sorted(self.refcount):
+                obj = self.table[ident][0]
+                lines.append("  %s:       refcount=%s\n    %s" % (
+                    ident, self.refcount[ident], str(obj)[:75]))
+        return "\n".join(lines)
+
+    # -- methods the serve loop falls back on --------------------------------
+
+    def fallback(self, ident, obj, method, args, kwds):
+        if method == "#GETVALUE":
+            return obj
+        if method == "__str__":
+            return str(obj)
+        if method == "__repr__":
+            return repr(obj)
+        raise AttributeError("method %r of %r object is not in exposed=%r" % (
+            method, type(obj), tuple(self.table[ident][1]) if ident in self.table else ()))
+
+    def owns(self, address):
+        """Whether a token's address names this server."""
+        if address == self.address:
+            return True
+        if isinstance(address, tuple) and isinstance(self.address, tuple):
+            return address[1] == self.address[1] and (
+                address[0] in ("localhost", "127.0.0.1", "::1", "", "0.0.0.0", "::")
+                or address[0] == self.address[0])
+        return False
+
+
+class _CurrentSession(threading.local):
+    value = LOCAL_SESSION
+
+
+_current_session = _CurrentSession()
