@@ -7,6 +7,7 @@ do I/O when they die: they queue their ident, and the next call on any
 thread sends the queued decrefs ahead of itself, without waiting for a reply.
 """
 import os
+import sys
 import threading
 from multiprocessing import process, util
 from multiprocessing.context import get_spawning_popen
@@ -399,6 +400,8 @@ def MakeProxyType(name, exposed, _cache=None):
     except KeyError:
         pass
     namespace = {meth: _forwarder(meth) for meth in exposed}
+    # belong to the caller's module, so that the type pickles by reference
+    namespace["__module__"] = sys._getframe(1).f_globals.get("__name__", __name__)
     proxytype = type(name, (BaseProxy,), namespace)
     proxytype._exposed_ = exposed
     cache[(name, exposed)] = proxytype

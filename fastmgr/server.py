@@ -85,7 +85,7 @@ class Control:
         return self._server.number_of_objects()
 
     def shutdown(self):
-        self._server.stop_event.set()
+        self._server.shutdown()
 
     def set_name(self, name):
         threading.current_thread().name = name
@@ -93,6 +93,8 @@ class Control:
 
 class Server:
     """Serves the objects of a manager's registry on ``address``."""
+
+    control_class = Control
 
     def __init__(self, registry, address, authkey, serializer, *, max_message=None):
         if not isinstance(authkey, bytes):
@@ -144,6 +146,10 @@ class Server:
                 continue
             threading.Thread(target=self.handle_connection, args=(conn,), daemon=True).start()
 
+    def shutdown(self):
+        """Stop serving (serve_forever then returns and exits the process)."""
+        self.stop_event.set()
+
     def close(self):
         self.stop_event.set()
         self.listener.close()
@@ -165,7 +171,8 @@ class Server:
         _current_session.value = session
         self._attach(session, conn)
         try:
-            wire.serve_connection(conn, self.table, (Control(self, session), Control.exposed, None),
+            control = self.control_class(self, session)
+            wire.serve_connection(conn, self.table, (control, control.exposed, None),
                                   self.fallback, self.make_proxy)
         except (OSError, EOFError) as exc:
             log.info("dropping a connection: %s", exc)

@@ -1,0 +1,4 @@
+"""Imported first by children of a process that called fastmgr.install()."""
+from ._install import install
+
+install()

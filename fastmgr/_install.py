@@ -1,0 +1,86 @@
+"""install() / uninstall(): make ``multiprocessing`` use fastmgr's managers.
+
+``multiprocessing.Manager()`` and ``get_context(m).Manager()`` import
+``SyncManager`` from ``multiprocessing.managers`` when called, so replacing
+that module's names is enough in this process and in forked children.
+Children started by spawn import fastmgr before they unpickle anything (the
+spawn command line is prefixed), and a forkserver started after install()
+preloads it.
+"""
+import multiprocessing.managers as std
+from multiprocessing import forkserver, spawn
+
+from . import namespace, proxies, server, sharedmem, sync
+from . import managers as ours
+from .errors import RemoteError
+
+__all__ = ["install", "uninstall", "installed"]
+
+_AUTOINSTALL = "fastmgr._autoinstall"
+
+
+def _replacements():
+    names = {
+        "BaseManager": ours.BaseManager, "State": ours.State, "Server": server.Server,
+        "RemoteError": RemoteError, "Token": proxies.Token, "BaseProxy": proxies.BaseProxy,
+        "AutoProxy": proxies.AutoProxy, "MakeProxyType": proxies.MakeProxyType,
+        "RebuildProxy": proxies.RebuildProxy, "all_methods": server.all_methods,
+        "public_methods": server.public_methods, "Namespace": namespace.Namespace,
+        "NamespaceProxy": namespace.NamespaceProxy,
+        "SharedMemoryManager": sharedmem.SharedMemoryManager,
+        "SharedMemoryServer": sharedmem.SharedMemoryServer,
+    }
+    for name in sync.__all__:
+        if name != "Manager":
+            names[name] = getattr(sync, name)
+    return names
+
+
+_saved = None   # the stdlib's names, while installed
+
+
+def installed():
+    return _saved is not None
+
+
+def _spawn_command_line(original):
+    def get_command_line(**kwds):
+        cmd = original(**kwds)
+        # [..., '-c', prog, '--multiprocessing-fork', ...]: import us first
+        i = cmd.index("-c") + 1
+        return cmd[:i] + ["import %s; %s" % (_AUTOINSTALL, cmd[i])] + cmd[i + 1:]
+    get_command_line.__wrapped__ = original
+    return get_command_line
+
+
+def install():
+    """Make multiprocessing's managers fastmgr's (idempotent)."""
+    global _saved
+    if _saved is not None:
+        return
+    replacements = _replacements()
+    saved = {name: getattr(std, name, None) for name in replacements}
+    saved["spawn.get_command_line"] = spawn.get_command_line
+    saved["forkserver.preload"] = list(forkserver._forkserver._preload_modules)
+    for name, value in replacements.items():
+        setattr(std, name, value)
+    spawn.get_command_line = _spawn_command_line(spawn.get_command_line)
+    if _AUTOINSTALL not in forkserver._forkserver._preload_modules:
+        forkserver.set_forkserver_preload(
+            list(forkserver._forkserver._preload_modules) + [_AUTOINSTALL])
+    _saved = saved
+
+
+def uninstall():
+    """Undo install()."""
+    global _saved
+    if _saved is None:
+        return
+    saved, _saved = _saved, None
+    spawn.get_command_line = saved.pop("spawn.get_command_line")
+    forkserver.set_forkserver_preload(saved.pop("forkserver.preload"))
+    for name, value in saved.items():
+        if value is None:
+            delattr(std, name)
+        else:
+            setattr(std, name, value)
