@@ -13,6 +13,7 @@ from .errors import (AuthenticationError, ManagerGone, ProcessError, ProtocolErr
                      RemoteError)
 from ._install import install, installed, uninstall  # noqa: E402
 from .managers import BaseManager, State  # noqa: E402
+from .pipeline import oneway, pipeline  # noqa: E402
 from .proxies import AutoProxy, BaseProxy, MakeProxyType, RebuildProxy, Token  # noqa: E402
 from .namespace import Namespace, NamespaceProxy  # noqa: E402
 from .server import Server, all_methods, public_methods  # noqa: E402
@@ -24,7 +25,7 @@ from .sync import (AcquirerProxy, Array, ArrayProxy, BarrierProxy, BaseListProxy
 __version__ = "0.1.0"
 
 __all__ = [
-    "install", "uninstall", "installed", "BaseManager", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "Token",
+    "install", "uninstall", "installed", "pipeline", "oneway", "BaseManager", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "Token",
     "Server", "State", "RemoteError", "ProcessError", "AuthenticationError", "ProtocolError",
     "ManagerGone", "all_methods", "public_methods",
     "SyncManager", "Manager", "SharedMemoryManager", "SharedMemoryServer",

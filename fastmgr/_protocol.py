@@ -139,6 +139,8 @@ WIRE_API = (
     "Codec",
     "FrameReader",
     "Connection",
+    "Pipeline",
+    "Pending",
     "frame",
     "deliver_challenge",
     "answer_challenge",

@@ -25,7 +25,7 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTu
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memset
 
 import hmac as _hmac
 import os as _os
@@ -55,7 +55,21 @@ cdef extern from "<poll.h>" nogil:
     enum: POLLIN
     enum: POLLOUT
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
 cdef extern from "<sys/socket.h>" nogil:
+    struct msghdr:
+        void* msg_name
+        unsigned int msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     ssize_t c_recv "recv"(int fd, void* buf, size_t n, int flags)
     ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)
     enum: MSG_DONTWAIT
@@ -152,8 +166,8 @@ cdef enum:
     RESP_PROXY = 0x13
     # encoder result: the value nests too deeply and must be pickled whole
     TOO_DEEP = 1
-    # bytes kept in front of every encoded body for the frame header
-    HEADROOM = 4
+    # most large bytes values one message keeps external (see WriteBuffer)
+    MAX_EXTERNALS = 64
 
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
@@ -204,23 +218,37 @@ cdef inline double _now() noexcept nogil:
 @cython.final
 cdef class WriteBuffer:
     """A growable byte buffer, reused for every message of a connection.
-    Bytes [0, HEADROOM) are kept for the frame header."""
+
+    It may hold several frames (pipelined requests, coalesced responses).
+    Large bytes values are not copied in: they are kept as *external*
+    segments, sent in place by one sendmsg() with the inline bytes around them."""
     cdef unsigned char* buf     # owned allocation
-    cdef Py_ssize_t length      # bytes written, headroom included
+    cdef Py_ssize_t length      # inline bytes written
     cdef Py_ssize_t capacity    # bytes allocated
+    cdef bint allow_external    # whether large bytes may stay external
+    cdef list externals         # [(inline offset, bytes object)], offsets ascending
+    cdef Py_ssize_t ext_bytes   # total size of the externals
+    cdef Py_ssize_t frame_ext   # ext_bytes when the open frame began
 
     def __cinit__(self):
         self.capacity = 4096
         self.buf = <unsigned char*>PyMem_Malloc(self.capacity)
         if self.buf == NULL:
             raise MemoryError()
-        self.length = HEADROOM
+        self.length = 0
+        self.externals = []
 
     def __dealloc__(self):
         PyMem_Free(self.buf)
 
     cdef inline void reset(self) noexcept:
-        self.length = HEADROOM
+        self.length = 0
+        if self.ext_bytes:
+            self.externals.clear()
+            self.ext_bytes = 0
+
+    cdef inline Py_ssize_t total(self) noexcept:
+        return self.length + self.ext_bytes
 
     cdef int _grow(self, Py_ssize_t extra) except -1:
         cdef Py_ssize_t cap = self.capacity * 2
@@ -265,15 +293,46 @@ cdef class WriteBuffer:
         self.length += n
         return 0
 
-    cdef inline Py_ssize_t frame(self) noexcept:
-        """Write the frame header into the headroom; return the body size.
-        Precondition: the body is below 2**31 - 1 bytes (see Connection._send_buffer)."""
-        cdef Py_ssize_t n = self.length - HEADROOM
-        fm_put_i32be(self.buf, <uint32_t>n)
-        return n
+    cdef int write_bytes(self, bytes data) except -1:
+        """Append the payload of a bytes value: in place when it is large."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if self.allow_external and n >= c_copy_threshold and len(self.externals) < MAX_EXTERNALS:
+            self.externals.append((self.length, data))
+            self.ext_bytes += n
+            return 0
+        return self.write_raw(PyBytes_AS_STRING(data), n)
+
+    cdef inline Py_ssize_t begin_frame(self) except -1:
+        """Reserve a frame header; returns its offset for end_frame()."""
+        self.ensure(4)
+        self.length += 4
+        self.frame_ext = self.ext_bytes
+        return self.length - 4
+
+    cdef int end_frame(self, Py_ssize_t start) except -1:
+        """Write the header of the frame begun at start, now that its body
+        is complete (a 12-byte header for a body above 2**31 - 1 bytes)."""
+        cdef Py_ssize_t n = self.length - start - 4 + self.ext_bytes - self.frame_ext
+        cdef Py_ssize_t i
+        if not _big_frame(n):
+            fm_put_i32be(self.buf + start, <uint32_t>n)
+            return 0
+        self.ensure(8)
+        memmove(self.buf + start + 12, self.buf + start + 4, self.length - start - 4)
+        self.length += 8
+        for i in range(len(self.externals)):
+            offset, data = self.externals[i]
+            if offset > start:
+                self.externals[i] = (offset + 8, data)
+        fm_put_i32be(self.buf + start, 0xffffffff)
+        fm_put_i32be(self.buf + start + 4, <uint32_t>(<uint64_t>n >> 32))
+        fm_put_i32be(self.buf + start + 8, <uint32_t>n)
+        return 0
 
     cdef bytes body(self):
-        return PyBytes_FromStringAndSize(<char*>self.buf + HEADROOM, self.length - HEADROOM)
+        """Everything written, as one bytes object.
+        Precondition: no externals (allow_external is off)."""
+        return PyBytes_FromStringAndSize(<char*>self.buf, self.length)
 
 
 cdef inline bint _big_frame(Py_ssize_t n) noexcept:
@@ -294,7 +353,7 @@ cdef bytes _header(Py_ssize_t n):
 
 def frame(body):
     """Header + body, as one bytes object."""
-    cdef bytes data = bytes(body)
+    cdef bytes data = bytes(memoryview(body))
     return _header(len(data)) + data
 
 
@@ -338,6 +397,8 @@ cdef class Codec:
                 "the %r serializer sends only None, bool, int, float, str, bytes, "
                 "tuple, list and dict; got %s" % (self.serializer, type(obj).__name__))
         data = _pickling.dumps(obj)
+        if PyBytes_GET_SIZE(data) >= U32_LIMIT:
+            raise ValueError("a pickled value of %d bytes is too large to send" % len(data))
         buf.write_tag_u32(T_PICKLE, <uint32_t>PyBytes_GET_SIZE(data))
         buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         return 0
@@ -362,7 +423,8 @@ cdef class Codec:
             v = PyLong_AsLongLongAndOverflow(obj, &overflow)
             if overflow == 0:
                 return buf.write_tag_u64(T_INT64, <uint64_t>v)
-            data = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+            data = obj.to_bytes(((obj if obj >= 0 else ~obj).bit_length() + 8) // 8, "little",
+                                signed=True)
             if PyBytes_GET_SIZE(data) >= U32_LIMIT:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_BIGINT, <uint32_t>PyBytes_GET_SIZE(data))
@@ -385,7 +447,7 @@ cdef class Codec:
             if n >= U32_LIMIT:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_BYTES, <uint32_t>n)
-            return buf.write_raw(PyBytes_AS_STRING(obj), n)
+            return buf.write_bytes(obj)
         if t is tuple or t is list or t is dict:
             if depth > c_max_depth:
                 return TOO_DEEP
@@ -438,6 +500,8 @@ cdef class Codec:
 
     cdef int encode_request_into(self, WriteBuffer buf, int kind, uint64_t ident,
                                  object method, object args, object kwds) except -1:
+        if kind != REQ_CALL and kind != REQ_ONEWAY:
+            raise ValueError("unknown request kind %r" % kind)
         buf.write_tag_u64(<uint8_t>kind, ident)
         self.encode_top(buf, method)
         self.encode_top(buf, args)
@@ -448,6 +512,8 @@ cdef class Codec:
         return 0
 
     cdef int encode_response_into(self, WriteBuffer buf, int kind, object value) except -1:
+        if kind < RESP_RETURN or kind > RESP_PROXY:
+            raise ValueError("unknown response kind %r" % kind)
         buf.write_u8(<uint8_t>kind)
         return self.encode_top(buf, value)
 
@@ -589,16 +655,16 @@ cdef class Codec:
         return (kind, self.decode_all(p, n, &pos))
 
     def loads(self, data):
-        cdef bytes b = bytes(data)
+        cdef bytes b = bytes(memoryview(data))
         cdef Py_ssize_t pos = 0
         return self.decode_all(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), &pos)
 
     def decode_request(self, data):
-        cdef bytes b = bytes(data)
+        cdef bytes b = bytes(memoryview(data))
         return self.decode_request_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
     def decode_response(self, data):
-        cdef bytes b = bytes(data)
+        cdef bytes b = bytes(memoryview(data))
         return self.decode_response_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
 
@@ -676,7 +742,7 @@ cdef class Connection:
     cdef public int spin_us         # spin budget before blocking
     cdef int spin_now               # the adaptive budget in force (<= spin_us)
     cdef int spin_misses            # blocking waits since spinning last paid off
-    cdef WriteBuffer wbuf           # outgoing message, header in its headroom
+    cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef unsigned char* rbuf        # incoming bytes
     cdef Py_ssize_t rcap            # rbuf's size
     cdef Py_ssize_t rstart          # first unconsumed byte in rbuf
@@ -699,6 +765,7 @@ cdef class Connection:
         self.spin_us = g_spin_us
         self.spin_now = g_spin_us
         self.wbuf = WriteBuffer()
+        self.wbuf.allow_external = True
         sock.setblocking(True)
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -743,7 +810,7 @@ cdef class Connection:
 
     # -- waiting ------------------------------------------------------------
 
-    cdef int _wait(self, short events, double deadline) except -1:
+    cdef short _wait(self, short events, double deadline) except -1:
         """Block until fd is ready for events or the deadline passes (then
         close and raise TimeoutError). Signals are checked on EINTR; an
         exception from a handler also closes the connection, whose reply
@@ -762,7 +829,7 @@ cdef class Connection:
             with nogil:
                 rc = poll(&pfd, 1, ms)
             if rc > 0:
-                return 0
+                return pfd.revents
             if rc == 0:
                 self.close()
                 raise TimeoutError("timed out after %.3g s waiting for the peer" % self._timeout)
@@ -870,10 +937,16 @@ cdef class Connection:
         cdef double deadline = self._deadline()
         if self.rend - self.rstart < 4:
             self._fill(4, deadline)
-        _parse_header(self.rbuf + self.rstart, self.rend - self.rstart, limit, &header, &body)
-        if header == 0:
-            self._fill(12, deadline)
+        try:
             _parse_header(self.rbuf + self.rstart, self.rend - self.rstart, limit, &header, &body)
+            if header == 0:
+                self._fill(12, deadline)
+                _parse_header(self.rbuf + self.rstart, self.rend - self.rstart, limit, &header,
+                              &body)
+        except ProtocolError:
+            # a refused header cannot be skipped: the stream is lost
+            self.close()
+            raise
         if self.rend - self.rstart < header + body:
             self._fill(header + body, deadline)
         start[0] = self.rstart + header
@@ -895,52 +968,157 @@ cdef class Connection:
 
     # -- sending ------------------------------------------------------------
 
-    cdef int _send_all(self, const unsigned char* data, Py_ssize_t n) except -1:
+    cdef int _read_available(self) except -1:
+        """Read what has arrived into rbuf without blocking (growing it if
+        full): used while a send waits, so that two peers that both write
+        a lot cannot block each other forever."""
+        cdef ssize_t got
+        cdef unsigned char* nbuf
+        if self.rend == self.rcap:
+            if self.rstart > 0:
+                memmove(self.rbuf, self.rbuf + self.rstart, self.rend - self.rstart)
+                self.rend -= self.rstart
+                self.rstart = 0
+            else:
+                nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, self.rcap * 2)
+                if nbuf == NULL:
+                    raise MemoryError()
+                self.rbuf = nbuf
+                self.rcap *= 2
+        with nogil:
+            got = c_recv(self.fd, self.rbuf + self.rend, self.rcap - self.rend, MSG_DONTWAIT)
+        if got > 0:
+            self.rend += got
+        return 0
+
+    cdef int _send_iov(self, iovec* iov, int count) except -1:
+        """Send iov[0:count] completely, resuming after partial writes.
+        Precondition: the connection is open."""
         cdef ssize_t sent
+        cdef msghdr msg
+        cdef int err
+        cdef short revents
         cdef double deadline = -2.0
-        while n > 0:
+        while count > 0:
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = iov
+            msg.msg_iovlen = count
             with nogil:
-                sent = c_send(self.fd, data, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+                sent = sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+                err = errno
             if sent >= 0:
-                data += sent
-                n -= sent
-            elif fm_again(errno):
+                while count > 0 and <size_t>sent >= iov[0].iov_len:
+                    sent -= iov[0].iov_len
+                    iov += 1
+                    count -= 1
+                if count > 0:
+                    iov[0].iov_base = <char*>iov[0].iov_base + sent
+                    iov[0].iov_len -= sent
+            elif fm_again(err):
                 if deadline == -2.0:
                     deadline = self._deadline()
-                self._wait(POLLOUT, deadline)
-            elif errno == EINTR:
+                revents = self._wait(POLLIN | POLLOUT, deadline)
+                if (revents & POLLIN) and not (revents & POLLOUT):
+                    self._read_available()
+            elif err == EINTR:
                 PyErr_CheckSignals()
             else:
+                fm_set_errno(err)
                 PyErr_SetFromErrno(OSError)
                 return -1
         return 0
 
     cdef int _send_buffer(self) except -1:
-        """Send wbuf as one frame: one write for header and body."""
-        cdef Py_ssize_t n = self.wbuf.length - HEADROOM
-        cdef bytes head
-        self._check_open()
-        if _big_frame(n):
-            head = _header(n)
-            self._send_all(<const unsigned char*>PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
-            return self._send_all(self.wbuf.buf + HEADROOM, n)
-        self.wbuf.frame()
-        return self._send_all(self.wbuf.buf, self.wbuf.length)
+        """Send all of wbuf (one or more frames) with one sendmsg, large
+        bytes values in place; then empty it."""
+        cdef iovec iov[2 * MAX_EXTERNALS + 1]
+        cdef int count = 0
+        cdef Py_ssize_t pos = 0, offset
+        cdef WriteBuffer w = self.wbuf
+        cdef bytes data
+        try:
+            self._check_open()
+            for offset, data in w.externals:
+                if offset > pos:
+                    iov[count].iov_base = w.buf + pos
+                    iov[count].iov_len = offset - pos
+                    count += 1
+                iov[count].iov_base = PyBytes_AS_STRING(data)
+                iov[count].iov_len = PyBytes_GET_SIZE(data)
+                count += 1
+                pos = offset
+            if w.length > pos:
+                iov[count].iov_base = w.buf + pos
+                iov[count].iov_len = w.length - pos
+                count += 1
+            return self._send_iov(iov, count)
+        finally:
+            w.reset()
+
+    cdef inline Py_ssize_t _externals(self) noexcept:
+        return len(self.wbuf.externals)
+
+    cdef int _rollback(self, Py_ssize_t start, Py_ssize_t externals) except -1:
+        """Forget a frame whose encoding failed half-way."""
+        cdef WriteBuffer w = self.wbuf
+        w.length = start
+        while len(w.externals) > externals:
+            w.ext_bytes -= PyBytes_GET_SIZE(w.externals.pop()[1])
+        return 0
+
+    cdef int _queue_request(self, int kind, uint64_t ident, method, args, kwds) except -1:
+        """Append one request frame to wbuf (not sent yet)."""
+        cdef Py_ssize_t externals = self._externals()
+        cdef Py_ssize_t start = self.wbuf.begin_frame()
+        try:
+            self.codec.encode_request_into(self.wbuf, kind, ident, method, args, kwds)
+        except BaseException:
+            self._rollback(start, externals)
+            raise
+        return self.wbuf.end_frame(start)
+
+    cdef int _queue_response(self, int kind, value) except -1:
+        """Append one response frame to wbuf (not sent yet)."""
+        cdef Py_ssize_t externals = self._externals()
+        cdef Py_ssize_t start = self.wbuf.begin_frame()
+        try:
+            self.codec.encode_response_into(self.wbuf, kind, value)
+        except BaseException:
+            self._rollback(start, externals)
+            raise
+        return self.wbuf.end_frame(start)
+
+    cdef bint _has_frame(self) noexcept:
+        """Whether rbuf already holds another whole (small) frame."""
+        cdef Py_ssize_t avail = self.rend - self.rstart
+        cdef int n
+        if avail < 4:
+            return False
+        n = fm_get_i32be(self.rbuf + self.rstart)
+        return n >= 0 and avail - 4 >= n
 
     def send_bytes(self, buf, Py_ssize_t offset=0, size=None):
         cdef const unsigned char[::1] view = memoryview(buf).cast("B")
         cdef Py_ssize_t n = view.shape[0] - offset if size is None else size
+        cdef iovec iov[2]
+        cdef bytes head
+        cdef Py_ssize_t start
         if offset < 0 or n < 0 or offset + n > view.shape[0]:
             raise ValueError("offset/size out of range")
         self._check_open()
         self.wbuf.reset()
         if n <= c_copy_threshold:
+            start = self.wbuf.begin_frame()
             if n:
                 self.wbuf.write_raw(&view[offset], n)
+            self.wbuf.end_frame(start)
             return self._send_buffer()
         head = _header(n)
-        self._send_all(<const unsigned char*>PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
-        return self._send_all(&view[offset], n)
+        iov[0].iov_base = PyBytes_AS_STRING(head)
+        iov[0].iov_len = PyBytes_GET_SIZE(head)
+        iov[1].iov_base = <void*>&view[offset]
+        iov[1].iov_len = n
+        return self._send_iov(iov, 2)
 
     def recv_bytes(self, maxlength=None):
         cdef Py_ssize_t start, size
@@ -956,9 +1134,12 @@ cdef class Connection:
         return data
 
     def send(self, obj):
+        cdef Py_ssize_t start
         self._check_open()
         self.wbuf.reset()
+        start = self.wbuf.begin_frame()
         self.codec.encode_top(self.wbuf, obj)
+        self.wbuf.end_frame(start)
         self._send_buffer()
 
     def recv(self):
@@ -988,7 +1169,7 @@ cdef class Connection:
     def send_request(self, int kind, uint64_t ident, method, args=(), kwds=None):
         self._check_open()
         self.wbuf.reset()
-        self.codec.encode_request_into(self.wbuf, kind, ident, method, args, kwds)
+        self._queue_request(kind, ident, method, args, kwds)
         self._send_buffer()
 
     def recv_response(self):
@@ -1005,7 +1186,7 @@ cdef class Connection:
         cdef Py_ssize_t start, size
         self._check_open()
         self.wbuf.reset()
-        self.codec.encode_request_into(self.wbuf, REQ_CALL, ident, method, args, kwds)
+        self._queue_request(REQ_CALL, ident, method, args, kwds)
         self._send_buffer()
         self._recv_frame(self.max_message, &start, &size)
         try:
@@ -1013,11 +1194,132 @@ cdef class Connection:
         finally:
             self._shrink()
 
-    # used by serve_connection
-    cdef int _respond(self, int kind, object value) except -1:
-        self.wbuf.reset()
-        self.codec.encode_response_into(self.wbuf, kind, value)
-        return self._send_buffer()
+
+# ---------------------------------------------------------------------------
+# Pipelined calls
+
+@cython.final
+cdef class Pending:
+    """The reply to a pipelined call; result() waits for it if need be."""
+    cdef Pipeline pipe      # the pipeline that sent the call
+    cdef int kind           # 0 until the reply has come
+    cdef object value
+    cdef bint seen          # result() was called
+
+    def done(self):
+        return self.kind != 0
+
+    def result(self):
+        """The call's result, or its exception raised."""
+        self.seen = True
+        if self.kind == 0:
+            self.pipe._wait_for(self)
+        if self.kind == RESP_RETURN:
+            return self.value
+        return self.pipe.resolve(self.kind, self.value)
+
+    def __repr__(self):
+        return "<Pending %s>" % ("done" if self.kind else "waiting")
+
+
+@cython.final
+cdef class Pipeline:
+    """Stands in for a Connection: call() sends without waiting and returns
+    (RESP_RETURN, Pending).  Requests leave in batches; replies are read in
+    order, when more than ``window`` are outstanding, when a result is
+    asked for, and by sync()."""
+    cdef readonly Connection conn
+    cdef readonly object resolve    # (kind, value) -> result or raise, for non-RETURN replies
+    cdef list waiting               # Pending objects whose replies are not read yet
+    cdef Py_ssize_t head            # waiting[head] is the oldest unread
+    cdef Py_ssize_t queued          # requests in conn.wbuf, not sent yet
+    cdef Py_ssize_t window          # most replies outstanding
+    cdef list failed                # Pending objects whose reply is an error
+
+    def __init__(self, Connection conn, resolve, Py_ssize_t window=4096):
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.conn = conn
+        self.resolve = resolve
+        self.waiting = []
+        self.failed = []
+        self.window = window
+        conn.wbuf.reset()
+
+    @property
+    def closed(self):
+        return self.conn.closed
+
+    def close(self):
+        self.conn.close()
+
+    @property
+    def outstanding(self):
+        return len(self.waiting) - self.head
+
+    cdef int _flush(self) except -1:
+        if self.queued:
+            self.queued = 0
+            self.conn._send_buffer()
+        return 0
+
+    cdef int _read_one(self) except -1:
+        cdef Pending p
+        kind, value = self.conn.recv_response()
+        p = self.waiting[self.head]
+        self.waiting[self.head] = None
+        self.head += 1
+        if self.head == len(self.waiting):
+            self.waiting.clear()
+            self.head = 0
+        p.value = value
+        p.kind = kind
+        if kind == RESP_ERROR or kind == RESP_FAILURE:
+            self.failed.append(p)
+        return 0
+
+    cdef int _wait_for(self, Pending p) except -1:
+        self._flush()
+        while p.kind == 0:
+            self._read_one()
+        return 0
+
+    def call(self, uint64_t ident, method, args=(), kwds=None):
+        cdef Pending p
+        if ident == 0:
+            # the manager's own requests (create, incref...) stay synchronous
+            self.sync()
+            return self.conn.call(ident, method, args, kwds)
+        self.conn._queue_request(REQ_CALL, ident, method, args, kwds)
+        self.queued += 1
+        p = Pending()
+        p.pipe = self
+        self.waiting.append(p)
+        if self.queued >= 512 or self.conn.wbuf.total() >= c_copy_threshold:
+            self._flush()
+        if len(self.waiting) - self.head > self.window:
+            self._flush()
+            while len(self.waiting) - self.head > self.window // 2:
+                self._read_one()
+        return (RESP_RETURN, p)
+
+    def send_request(self, int kind, uint64_t ident, method, args=(), kwds=None):
+        if kind != REQ_ONEWAY:
+            raise ValueError("a pipeline sends calls with call()")
+        self.conn._queue_request(kind, ident, method, args, kwds)
+        self.queued += 1
+        if self.queued >= 512 or self.conn.wbuf.total() >= c_copy_threshold:
+            self._flush()
+
+    def sync(self):
+        """Send what is queued and read every outstanding reply."""
+        self._flush()
+        while self.head < len(self.waiting):
+            self._read_one()
+
+    def unseen_errors(self):
+        """Failed calls whose result() nobody asked for."""
+        return [p for p in self.failed if not (<Pending>p).seen]
 
 
 # ---------------------------------------------------------------------------
@@ -1088,8 +1390,9 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
     cdef Codec codec = conn.codec
     cdef Py_ssize_t start, size
     cdef int kind, rkind
-    cdef tuple request, entry
-    cdef object ident, method, args, kwds, obj, exposed, m2t, result, typeid
+    cdef tuple request
+    cdef object result = None
+    cdef _Reply reply = _Reply()
     while True:
         try:
             conn._recv_frame(conn.max_message, &start, &size)
@@ -1102,64 +1405,73 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
         except Exception:
             # well framed, but its contents would not decode (an unpickling
             # error, say): the caller learns why, the connection goes on
+            kind = conn.rbuf[start]
             conn._shrink()
-            if size > 0 and conn.rbuf[start] == REQ_ONEWAY:
-                continue
-            conn._respond(RESP_FAILURE, _traceback.format_exc())
-            continue
-        conn._shrink()
-        kind = request[0]
-        ident = request[1]
-        method = request[2]
-        args = request[3]
-        kwds = request[4]
-        try:
-            if ident == 0:
-                entry = control
-            else:
-                entry = table[ident]
-            obj = entry[0]
-            exposed = entry[1]
-        except Exception:
             rkind = RESP_FAILURE
             result = _traceback.format_exc()
         else:
-            if method not in exposed:
-                try:
-                    result = fallback(ident, obj, method, args, kwds if kwds is not None else {})
-                    rkind = RESP_RETURN
-                except Exception:
-                    rkind = RESP_FAILURE
-                    result = _traceback.format_exc()
-            else:
-                if type(args) is not tuple:
-                    args = tuple(args)
-                try:
-                    if kwds is None:
-                        result = getattr(obj, method)(*args)
-                    else:
-                        result = getattr(obj, method)(*args, **kwds)
-                    rkind = RESP_RETURN
-                except Exception as exc:
-                    rkind = RESP_ERROR
-                    result = (exc, _traceback.format_exc())
-                else:
-                    m2t = entry[2]
-                    if m2t is not None:
-                        typeid = m2t.get(method)
-                        if typeid is not None:
-                            try:
-                                result = make_proxy(typeid, result)
-                                rkind = RESP_PROXY
-                            except Exception:
-                                rkind = RESP_FAILURE
-                                result = _traceback.format_exc()
-        if kind == REQ_ONEWAY:
-            continue
-        try:
-            conn._respond(rkind, result)
-        except (OSError, EOFError):
-            raise
-        except Exception:
-            conn._respond(RESP_FAILURE, _traceback.format_exc())
+            conn._shrink()
+            kind = request[0]
+            rkind = _dispatch(request, table, control, fallback, make_proxy, reply)
+            result = reply.value
+            reply.value = None
+        if kind != REQ_ONEWAY:
+            try:
+                conn._queue_response(rkind, result)
+            except Exception:
+                conn._queue_response(RESP_FAILURE, _traceback.format_exc())
         result = None
+        # replies to requests that arrived together leave together
+        if conn.wbuf.length and (not conn._has_frame() or conn.wbuf.total() >= c_copy_threshold):
+            conn._send_buffer()
+
+
+@cython.final
+cdef class _Reply:
+    """The reply _dispatch() made: one per connection, reused."""
+    cdef object value
+
+
+cdef int _dispatch(tuple request, dict table, tuple control, fallback, make_proxy,
+                   _Reply out) except -1:
+    """Run one decoded request; store the reply value in out and return
+    the reply kind."""
+    cdef tuple entry
+    cdef object ident = request[1], method = request[2], args = request[3], kwds = request[4]
+    cdef object obj, exposed, m2t, typeid, result
+    try:
+        entry = control if ident == 0 else table[ident]
+        obj = entry[0]
+        exposed = entry[1]
+    except Exception:
+        out.value = _traceback.format_exc()
+        return RESP_FAILURE
+    if method not in exposed:
+        try:
+            out.value = fallback(ident, obj, method, args, kwds if kwds is not None else {})
+            return RESP_RETURN
+        except Exception:
+            out.value = _traceback.format_exc()
+            return RESP_FAILURE
+    if type(args) is not tuple:
+        args = tuple(args)
+    try:
+        if kwds is None:
+            result = getattr(obj, method)(*args)
+        else:
+            result = getattr(obj, method)(*args, **kwds)
+    except Exception as exc:
+        out.value = (exc, _traceback.format_exc())
+        return RESP_ERROR
+    m2t = entry[2]
+    if m2t is not None:
+        typeid = m2t.get(method)
+        if typeid is not None:
+            try:
+                out.value = make_proxy(typeid, result)
+                return RESP_PROXY
+            except Exception:
+                out.value = _traceback.format_exc()
+                return RESP_FAILURE
+    out.value = result
+    return RESP_RETURN

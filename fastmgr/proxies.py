@@ -49,7 +49,7 @@ class _Session:
     id = os.urandom(16)
 
 
-_peers = {}            # (address, serializer) -> Peer
+_peers = {}            # (address, serializer, authkey) -> Peer
 _peers_lock = threading.Lock()
 
 
@@ -69,6 +69,9 @@ class Peer:
 
     def _connect(self):
         with self.lock:
+            # the anchor never receives anything: readable means the server is gone
+            if self.anchor is not None and not self.anchor.closed and self.anchor.poll(0):
+                self.anchor.close()
             if self.anchor is None or self.anchor.closed:
                 self.anchor = Client(self.address, self.authkey, self.codec, hello=_Session.id)
         conn = Client(self.address, self.authkey, self.codec, hello=_Session.id)
@@ -107,6 +110,10 @@ class Peer:
         kind, value = self.call(0, method, args, kwds or None)
         if kind == RESP_RETURN:
             return value
+        if kind == P.RESP_ERROR:
+            # the manager's own requests (create, incref, ...) fail as the
+            # stdlib's do: RemoteError carrying the server-side traceback
+            raise RemoteError(value[1])
         raise reply_error(kind, value)
 
     # -- references --------------------------------------------------------
@@ -204,7 +211,9 @@ def _server_here(address):
 
 
 def peer_for(address, authkey, serializer):
-    key = (address, serializer)
+    # the key is part of the identity: a link made with a wrong key must not
+    # serve later callers that have the right one, nor the other way round
+    key = (address, serializer, bytes(authkey))
     peer = _peers.get(key)
     if peer is None:
         with _peers_lock:
@@ -330,7 +339,10 @@ class BaseProxy:
             return result
         if kind == P.RESP_PROXY:
             return self._proxy_from_reply(result)
-        raise reply_error(kind, result)
+        try:
+            raise reply_error(kind, result)
+        finally:
+            del result  # else exception -> traceback -> this frame -> exception
 
     def _proxy_from_reply(self, result):
         typeid, ident, exposed = result

@@ -295,18 +295,32 @@ class Server:
                 idents.append(self.dead_local.pop())
             self.decref_many(LOCAL_SESSION, idents)
 
+    def _client_held(self):
+        """{ident: references held by client processes}, leaving out the
+        objects that only proxies inside the server refer to (a managed list
+        that holds a proxy of itself, say): the stdlib counts only the
+        former.  Precondition: self.mutex is held."""
+        local = self.sessions.get(LOCAL_SESSION)
+        local = local.refs if local is not None else {}
+        held = {}
+        for ident, count in self.refcount.items():
+            count -= local.get(ident, 0)
+            if count > 0:
+                held[ident] = count
+        return held
+
     def number_of_objects(self):
         self.flush_local()
-        return len(self.refcount)
+        with self.mutex:
+            return len(self._client_held())
 
     def debug_info(self):
         self.flush_local()
         with self.mutex:
             lines = []
-            for ident in sorted(self.refcount):
+            for ident, count in sorted(self._client_held().items()):
                 obj = self.table[ident][0]
-                lines.append("  %s:       refcount=%s\n    %s" % (
-                    ident, self.refcount[ident], str(obj)[:75]))
+                lines.append("  %s:       refcount=%s\n    %s" % (ident, count, str(obj)[:75]))
         return "\n".join(lines)
 
     # -- methods the serve loop falls back on --------------------------------

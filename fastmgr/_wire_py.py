@@ -1,0 +1,760 @@
+"""The pure-Python wire: the readable reference for ``fastmgr._wire``.
+
+Every byte this module writes is described in ``fastmgr/_protocol.py``; the
+API is the one in ``fastmgr/_wire.pyi``.  The compiled module must produce the
+same bytes and raise the same exceptions; when the two disagree, the text of
+``_protocol.py`` decides, then this file.
+"""
+import collections
+import hmac
+import os
+import select
+import socket
+import struct
+import time
+import traceback
+
+from . import _pickling
+from ._protocol import (
+    COPY_THRESHOLD,
+    DEFAULT_MAX_MESSAGE,
+    DIGEST_SIZE,
+    FAILURE,
+    MAGIC,
+    MAX_DEPTH,
+    MAX_HANDSHAKE_FRAME,
+    MAX_HELLO,
+    NONCE_SIZE,
+    REQ_CALL,
+    REQ_ONEWAY,
+    RESP_ERROR,
+    RESP_FAILURE,
+    RESP_PROXY,
+    RESP_RETURN,
+    SERIALIZERS,
+    T_BIGINT,
+    T_BYTES,
+    T_DICT,
+    T_FALSE,
+    T_FLOAT,
+    T_INT64,
+    T_LIST,
+    T_NONE,
+    T_PICKLE,
+    T_STR,
+    T_TRUE,
+    T_TUPLE,
+    WELCOME,
+)
+from .errors import AuthenticationError, MessageTooLarge, ProtocolError, UnsafeValueError
+
+IMPLEMENTATION = "python"
+
+_U32_LIMIT = 1 << 32
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_REQUEST_KINDS = (REQ_CALL, REQ_ONEWAY)
+_RESPONSE_KINDS = (RESP_RETURN, RESP_ERROR, RESP_FAILURE, RESP_PROXY)
+
+_u8 = struct.Struct("<B")
+_u32 = struct.Struct("<I")
+_i64 = struct.Struct("<q")
+_f64 = struct.Struct("<d")
+_request_head = struct.Struct("<BQ")  # kind, ident
+_frame_len = struct.Struct("!i")
+_frame_len64 = struct.Struct("!Q")
+
+
+# ---------------------------------------------------------------------------
+# spin budget (the compiled wire busy-polls this long before blocking; the
+# python wire keeps the number but always blocks at once)
+
+_spin_us = int(os.environ.get("FASTMGR_SPIN_US", "50") or 0)
+
+
+def set_spin(microseconds):
+    """Process-wide default spin budget for new connections (0: never spin)."""
+    global _spin_us
+    microseconds = int(microseconds)
+    if microseconds < 0:
+        raise ValueError("spin budget must be >= 0, not %d" % microseconds)
+    _spin_us = microseconds
+
+
+def get_spin():
+    return _spin_us
+
+
+# ---------------------------------------------------------------------------
+# the codec
+
+
+class _TooDeep(Exception):
+    """Native nesting ran past MAX_DEPTH: pickle the whole top-level value."""
+
+
+def _tag(tag):
+    return bytes((tag,))
+
+
+def _tagged_length(tag, n):
+    return bytes((tag,)) + _u32.pack(n)
+
+
+def _bigint_bytes(i):
+    """The minimal signed two's complement of ``i``, little-endian."""
+    magnitude = i if i >= 0 else ~i  # ~i == -i - 1 needs the same bits as i
+    return i.to_bytes((magnitude.bit_length() + 8) // 8, "little", signed=True)
+
+
+class Codec:
+    """Encodes values and envelopes (see ``_protocol.py``, "Values")."""
+
+    def __init__(self, serializer="pickle"):
+        if serializer not in SERIALIZERS:
+            raise ValueError(
+                "unknown serializer %r (expected one of %s)" % (serializer, ", ".join(SERIALIZERS))
+            )
+        self.serializer = serializer
+
+    def __repr__(self):
+        return "Codec(%r)" % self.serializer
+
+    # -- encoding ----------------------------------------------------------
+
+    def dumps(self, obj):
+        out = []
+        try:
+            self._encode(obj, out, 0)
+        except _TooDeep:
+            out = []
+            self._encode_pickle(obj, out)
+        return b"".join(out)
+
+    def _encode(self, obj, out, depth):
+        """Append the encoding of ``obj`` to ``out``; ``depth`` is the number
+        of containers around it."""
+        t = type(obj)
+        if obj is None:
+            out.append(_tag(T_NONE))
+        elif t is bool:
+            out.append(_tag(T_TRUE if obj else T_FALSE))
+        elif t is int:
+            if _INT64_MIN <= obj <= _INT64_MAX:
+                out.append(_tag(T_INT64) + _i64.pack(obj))
+            else:
+                raw = _bigint_bytes(obj)
+                if len(raw) >= _U32_LIMIT:
+                    self._encode_pickle(obj, out)
+                else:
+                    out.append(_tagged_length(T_BIGINT, len(raw)))
+                    out.append(raw)
+        elif t is float:
+            out.append(_tag(T_FLOAT) + _f64.pack(obj))
+        elif t is str or t is bytes:
+            raw = obj.encode("utf-8", "surrogatepass") if t is str else obj
+            if len(raw) >= _U32_LIMIT:
+                self._encode_pickle(obj, out)
+            else:
+                out.append(_tagged_length(T_STR if t is str else T_BYTES, len(raw)))
+                out.append(raw)
+        elif t is tuple or t is list or t is dict:
+            if len(obj) >= _U32_LIMIT:
+                self._encode_pickle(obj, out)
+                return
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _TooDeep
+            if t is dict:
+                out.append(_tagged_length(T_DICT, len(obj)))
+                for key, value in obj.items():
+                    self._encode(key, out, depth)
+                    self._encode(value, out, depth)
+            else:
+                out.append(_tagged_length(T_TUPLE if t is tuple else T_LIST, len(obj)))
+                for item in obj:
+                    self._encode(item, out, depth)
+        else:
+            self._encode_pickle(obj, out)
+
+    def _encode_pickle(self, obj, out):
+        if self.serializer != "pickle":
+            raise UnsafeValueError(
+                "the %r serializer cannot send %s: it needs pickle"
+                % (self.serializer, type(obj).__qualname__)
+            )
+        raw = _pickling.dumps(obj)
+        if len(raw) >= _U32_LIMIT:
+            raise ValueError("the pickle of a %s is too large to send" % type(obj).__qualname__)
+        out.append(_tagged_length(T_PICKLE, len(raw)))
+        out.append(raw)
+
+    # -- decoding ----------------------------------------------------------
+
+    def loads(self, data):
+        """Decode exactly one value; trailing or missing bytes: ProtocolError."""
+        data = memoryview(data).cast("B")
+        value, pos = self._decode(data, 0, 0)
+        _expect_end(data, pos)
+        return value
+
+    def _decode(self, data, pos, depth):
+        """Decode one value at ``data[pos:]``; return (value, next position)."""
+        tag = _read(data, pos, 1)[0]
+        pos += 1
+        if tag == T_NONE:
+            return None, pos
+        if tag == T_FALSE:
+            return False, pos
+        if tag == T_TRUE:
+            return True, pos
+        if tag == T_INT64:
+            return _i64.unpack(_read(data, pos, 8))[0], pos + 8
+        if tag == T_FLOAT:
+            return _f64.unpack(_read(data, pos, 8))[0], pos + 8
+        if tag in (T_BIGINT, T_STR, T_BYTES, T_PICKLE):
+            n = _u32.unpack(_read(data, pos, 4))[0]
+            raw = _read(data, pos + 4, n)
+            pos += 4 + n
+            if tag == T_BIGINT:
+                return int.from_bytes(raw, "little", signed=True), pos
+            if tag == T_STR:
+                try:
+                    return str(raw, "utf-8", "surrogatepass"), pos
+                except UnicodeDecodeError as exc:
+                    raise ProtocolError("invalid UTF-8 in a str: %s" % exc) from None
+            if tag == T_BYTES:
+                return bytes(raw), pos
+            if self.serializer != "pickle":
+                raise ProtocolError("the %r serializer does not accept pickled values" % self.serializer)
+            return _pickling.loads(raw), pos  # its exceptions propagate unchanged
+        if tag in (T_TUPLE, T_LIST, T_DICT):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ProtocolError("native nesting deeper than %d" % MAX_DEPTH)
+            n = _u32.unpack(_read(data, pos, 4))[0]
+            pos += 4
+            if tag == T_DICT:
+                result = {}
+                for _ in range(n):
+                    key, pos = self._decode(data, pos, depth)
+                    value, pos = self._decode(data, pos, depth)
+                    try:
+                        result[key] = value
+                    except TypeError as exc:
+                        raise ProtocolError("unusable dict key: %s" % exc) from None
+                return result, pos
+            items = []
+            for _ in range(n):
+                item, pos = self._decode(data, pos, depth)
+                items.append(item)
+            if tag == T_TUPLE and self.serializer != "xmlrpclib":
+                return tuple(items), pos
+            return items, pos
+        raise ProtocolError("unknown value tag 0x%02x" % tag)
+
+    # -- envelopes ---------------------------------------------------------
+
+    def encode_request(self, kind, ident, method, args, kwds):
+        if kind not in _REQUEST_KINDS:
+            raise ValueError("not a request kind: %r" % (kind,))
+        if not 0 <= ident < 1 << 64:
+            raise OverflowError("ident %d does not fit in 64 bits" % ident)
+        return b"".join(
+            (
+                _request_head.pack(kind, ident),
+                self.dumps(method),
+                self.dumps(args),
+                self.dumps(kwds if kwds else None),
+            )
+        )
+
+    def decode_request(self, data):
+        data = memoryview(data).cast("B")
+        kind, ident = _request_head.unpack(_read(data, 0, _request_head.size))
+        if kind not in _REQUEST_KINDS:
+            raise ProtocolError("unknown request kind 0x%02x" % kind)
+        method, pos = self._decode(data, _request_head.size, 0)
+        args, pos = self._decode(data, pos, 0)
+        kwds, pos = self._decode(data, pos, 0)
+        _expect_end(data, pos)
+        if type(method) is not str:
+            raise ProtocolError("request method is a %s, not a str" % type(method).__name__)
+        if not (type(args) is tuple or (self.serializer == "xmlrpclib" and type(args) is list)):
+            raise ProtocolError("request args are a %s, not a tuple" % type(args).__name__)
+        if not (kwds is None or type(kwds) is dict):
+            raise ProtocolError("request kwds are a %s, not a dict" % type(kwds).__name__)
+        return kind, ident, method, args, kwds
+
+    def encode_response(self, kind, value):
+        if kind not in _RESPONSE_KINDS:
+            raise ValueError("not a response kind: %r" % (kind,))
+        return _u8.pack(kind) + self.dumps(value)
+
+    def decode_response(self, data):
+        data = memoryview(data).cast("B")
+        kind = _read(data, 0, 1)[0]
+        if kind not in _RESPONSE_KINDS:
+            raise ProtocolError("unknown response kind 0x%02x" % kind)
+        value, pos = self._decode(data, 1, 0)
+        _expect_end(data, pos)
+        return kind, value
+
+
+def _read(data, pos, n):
+    """``data[pos:pos + n]``, or ProtocolError when the input is too short."""
+    if pos + n > len(data):
+        raise ProtocolError("truncated message: need %d bytes at offset %d of %d" % (n, pos, len(data)))
+    return data[pos : pos + n]
+
+
+def _expect_end(data, pos):
+    if pos != len(data):
+        raise ProtocolError("%d trailing bytes after the message" % (len(data) - pos))
+
+
+# ---------------------------------------------------------------------------
+# framing
+
+
+def _frame_header(n):
+    if n > 0x7FFFFFFF:
+        return _frame_len.pack(-1) + _frame_len64.pack(n)
+    return _frame_len.pack(n)
+
+
+def frame(body):
+    """Header + body, as one bytes object."""
+    body = memoryview(body).cast("B")
+    return _frame_header(len(body)) + body
+
+
+def _parse_header(header):
+    """(body length, header length) from the first bytes of a frame, or
+    None when more bytes are needed."""
+    if len(header) < 4:
+        return None
+    (n,) = _frame_len.unpack(header[:4])
+    if n >= 0:
+        return n, 4
+    if n != -1:
+        raise ProtocolError("bad frame length %d" % n)
+    if len(header) < 12:
+        return None
+    return _frame_len64.unpack(header[4:12])[0], 12
+
+
+def _check_size(n, limit):
+    if n > limit:
+        raise MessageTooLarge("a frame announced %d bytes, more than the limit of %d" % (n, limit))
+
+
+class FrameReader:
+    """Incremental framing: feed bytes in any split, take whole bodies out."""
+
+    def __init__(self, max_message=DEFAULT_MAX_MESSAGE):
+        self.max_message = max_message
+        self._buffer = bytearray()
+
+    def feed(self, data):
+        self._buffer += data
+
+    def next_message(self):
+        """The next complete body, or None until more bytes arrive.
+        Raises MessageTooLarge / ProtocolError on a bad header."""
+        parsed = _parse_header(self._buffer[:12])
+        if parsed is None:
+            return None
+        n, start = parsed
+        _check_size(n, self.max_message)
+        if len(self._buffer) < start + n:
+            return None
+        body = bytes(self._buffer[start : start + n])
+        del self._buffer[: start + n]
+        return body
+
+
+# ---------------------------------------------------------------------------
+# connections
+
+
+class Connection:
+    """A framed, connected stream socket; owns ``sock`` and closes it.
+
+    Reads take exactly one frame from the socket and never read ahead.  A
+    receive that does not complete (timeout, refused header, an exception
+    from a signal handler) closes the connection: the stream would be out of
+    step, and a late reply must never be read as the answer to a later call.
+    ``timeout`` bounds sends as well as receives."""
+
+    def __init__(self, sock, codec=None, max_message=DEFAULT_MAX_MESSAGE, timeout=None):
+        sock.setblocking(True)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._sock = sock
+        self.codec = codec if codec is not None else Codec()
+        self.max_message = max_message
+        self.timeout = timeout
+        self.spin_us = get_spin()
+
+    def __repr__(self):
+        state = "closed" if self._sock is None else "fd=%d" % self._sock.fileno()
+        return "<%s.Connection %s>" % (__name__, state)
+
+    @property
+    def timeout(self):
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value):
+        if value is not None and value < 0:
+            raise ValueError("timeout must be None or >= 0")
+        self._timeout = value
+
+    @property
+    def closed(self):
+        return self._sock is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _check_closed(self):
+        if self._sock is None:
+            raise OSError("handle is closed")
+
+    def fileno(self):
+        self._check_closed()
+        return self._sock.fileno()
+
+    def close(self):
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            sock.close()
+
+    # -- bytes -------------------------------------------------------------
+
+    def send_bytes(self, data, offset=0, size=None):
+        body = memoryview(data).cast("B")
+        n = len(body) - offset if size is None else size
+        if offset < 0 or n < 0 or offset + n > len(body):
+            raise ValueError("offset/size out of range")
+        self._check_closed()
+        body = body[offset : offset + n]
+        header = _frame_header(n)
+        sock = self._sock
+        if self._timeout is not None:
+            sock.settimeout(self._timeout)  # a bound on the whole send
+        try:
+            if n <= COPY_THRESHOLD:
+                sock.sendall(header + body)
+            else:
+                sent = sock.sendmsg([header, body])
+                if sent < len(header):  # a short sendmsg: finish the job in order
+                    sock.sendall(header[sent:])
+                    sock.sendall(body)
+                else:
+                    sock.sendall(body[sent - len(header) :])
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: timeout 0
+            self.close()
+            raise TimeoutError("timed out after %r s sending to the peer" % self._timeout) from None
+        except BaseException:
+            self.close()  # part of a frame may have left: the stream is broken
+            raise
+        finally:
+            if self._sock is not None and self._timeout is not None:
+                sock.setblocking(True)
+
+    def recv_bytes(self, maxlength=None):
+        self._check_closed()
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        limit = self.max_message if maxlength is None else min(maxlength, self.max_message)
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        try:
+            header = self._recv_exactly(4, deadline)
+            parsed = _parse_header(header)
+            if parsed is None:  # the 8-byte length of a long frame follows
+                header += self._recv_exactly(8, deadline)
+                parsed = _parse_header(header)
+            n = parsed[0]
+            _check_size(n, limit)
+            return bytes(self._recv_exactly(n, deadline))
+        except EOFError:
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def _recv_exactly(self, n, deadline):
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            if deadline is not None:
+                self._wait_readable(deadline)
+            k = self._sock.recv_into(view[got:])
+            if k == 0:
+                raise EOFError("the peer closed the connection")
+            got += k
+        return buf
+
+    def _wait_readable(self, deadline):
+        """Return once the socket is readable; past ``deadline`` close the
+        connection and raise TimeoutError."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._readable(remaining):
+            raise TimeoutError("no complete message within %r seconds" % self._timeout)
+
+    def _readable(self, timeout):
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return bool(poller.poll(ms))
+
+    def poll(self, timeout=0.0):
+        self._check_closed()
+        return self._readable(timeout)
+
+    # -- values and envelopes ----------------------------------------------
+
+    def send(self, obj):
+        self._check_closed()
+        self.send_bytes(self.codec.dumps(obj))
+
+    def recv(self):
+        return self.codec.loads(self.recv_bytes())
+
+    def send_request(self, kind, ident, method, args=(), kwds=None):
+        self._check_closed()
+        self.send_bytes(self.codec.encode_request(kind, ident, method, args, kwds))
+
+    def recv_response(self):
+        return self.codec.decode_response(self.recv_bytes())
+
+    def call(self, ident, method, args=(), kwds=None):
+        """send_request(REQ_CALL, ...) then recv_response()."""
+        self.send_request(REQ_CALL, ident, method, args, kwds)
+        return self.recv_response()
+
+
+# ---------------------------------------------------------------------------
+# the handshake
+
+
+def _digest(authkey, prefix, nonce):
+    return hmac.new(authkey, prefix + nonce, "sha256").digest()
+
+
+def _check_authkey(authkey):
+    if not isinstance(authkey, bytes):
+        raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
+
+
+def _recv_handshake_frame(conn):
+    """One handshake frame; a too long or broken one is an AuthenticationError."""
+    try:
+        return conn.recv_bytes(MAX_HANDSHAKE_FRAME)
+    except ProtocolError as exc:
+        raise AuthenticationError("malformed handshake frame: %s" % exc) from None
+
+
+def deliver_challenge(conn, authkey):
+    """Server side of the handshake; returns the client's hello bytes."""
+    _check_authkey(authkey)
+    server_nonce = os.urandom(NONCE_SIZE)
+    conn.send_bytes(MAGIC + server_nonce)
+    try:
+        answer = _recv_handshake_frame(conn)
+    except EOFError:
+        raise AuthenticationError("the client closed during the handshake") from None
+    fixed = DIGEST_SIZE + NONCE_SIZE
+    if not fixed <= len(answer) <= fixed + MAX_HELLO:
+        raise AuthenticationError("malformed handshake answer (%d bytes)" % len(answer))
+    digest = answer[:DIGEST_SIZE]
+    client_nonce = answer[DIGEST_SIZE:fixed]
+    hello = answer[fixed:]
+    if not hmac.compare_digest(digest, _digest(authkey, b"C", server_nonce)):
+        try:
+            conn.send_bytes(FAILURE)
+        except OSError:
+            pass
+        raise AuthenticationError("digest received was wrong")
+    conn.send_bytes(WELCOME + _digest(authkey, b"S", client_nonce))
+    return hello
+
+
+def answer_challenge(conn, authkey, hello=b""):
+    """Client side of the handshake."""
+    _check_authkey(authkey)
+    hello = bytes(memoryview(hello))
+    if len(hello) > MAX_HELLO:
+        raise ValueError("hello is %d bytes, more than %d" % (len(hello), MAX_HELLO))
+    challenge = _recv_handshake_frame(conn)
+    if len(challenge) != len(MAGIC) + NONCE_SIZE or not challenge.startswith(MAGIC):
+        raise AuthenticationError("the server is not a fastmgr server of protocol %d" % MAGIC[-1])
+    server_nonce = challenge[len(MAGIC) :]
+    client_nonce = os.urandom(NONCE_SIZE)
+    conn.send_bytes(_digest(authkey, b"C", server_nonce) + client_nonce + hello)
+    reply = _recv_handshake_frame(conn)
+    if reply == FAILURE:
+        raise AuthenticationError("digest sent was rejected")
+    if len(reply) != len(WELCOME) + DIGEST_SIZE or not reply.startswith(WELCOME):
+        raise AuthenticationError("malformed handshake reply (%d bytes)" % len(reply))
+    if not hmac.compare_digest(reply[len(WELCOME) :], _digest(authkey, b"S", client_nonce)):
+        raise AuthenticationError("the server's digest was wrong")
+
+
+# ---------------------------------------------------------------------------
+# the server loop
+
+
+def _dispatch(request, table, control, fallback, make_proxy):
+    """(response kind, value) for one decoded request."""
+    _, ident, method, args, kwds = request
+    kwds = kwds or {}
+    try:
+        obj, exposed, method_to_typeid = control if ident == 0 else table[ident]
+    except Exception:
+        return RESP_FAILURE, traceback.format_exc()
+    if method not in exposed:
+        try:
+            return RESP_RETURN, fallback(ident, obj, method, args, kwds)
+        except Exception:
+            return RESP_FAILURE, traceback.format_exc()
+    try:
+        result = getattr(obj, method)(*args, **kwds)
+    except Exception as exc:
+        return RESP_ERROR, (exc, traceback.format_exc())
+    typeid = method_to_typeid.get(method) if method_to_typeid is not None else None
+    if typeid is not None:
+        try:
+            return RESP_PROXY, make_proxy(typeid, result)
+        except Exception:
+            return RESP_FAILURE, traceback.format_exc()
+    return RESP_RETURN, result
+
+
+def serve_connection(conn, table, control, fallback, make_proxy):
+    """The server's loop for one connection, until the peer closes (see
+    ``_wire.pyi``).  Raises ProtocolError on a malformed frame."""
+    codec = conn.codec
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return None
+        try:
+            request = codec.decode_request(data)
+        except ProtocolError:
+            raise
+        except Exception:  # e.g. an argument that fails to unpickle
+            # decode_request checked the kind byte before decoding any value
+            if data[0] != REQ_ONEWAY:
+                conn.send_bytes(codec.encode_response(RESP_FAILURE, traceback.format_exc()))
+            continue
+        kind, value = _dispatch(request, table, control, fallback, make_proxy)
+        if request[0] == REQ_ONEWAY:
+            continue
+        try:
+            body = codec.encode_response(kind, value)
+        except Exception:
+            body = codec.encode_response(RESP_FAILURE, traceback.format_exc())
+        del value  # do not keep the result alive while waiting for the next request
+        conn.send_bytes(body)
+
+
+# ---------------------------------------------------------------------------
+# Pipelined calls
+
+class Pending:
+    """The reply to a pipelined call; result() waits for it if need be."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self._kind = 0
+        self._value = None
+        self._seen = False
+
+    def done(self):
+        return self._kind != 0
+
+    def result(self):
+        """The call's result, or its exception raised."""
+        self._seen = True
+        if self._kind == 0:
+            self._pipe._wait_for(self)
+        if self._kind == RESP_RETURN:
+            return self._value
+        return self._pipe.resolve(self._kind, self._value)
+
+    def __repr__(self):
+        return "<Pending %s>" % ("done" if self._kind else "waiting")
+
+
+class Pipeline:
+    """Stands in for a Connection: call() sends without waiting and returns
+    (RESP_RETURN, Pending); replies are read in order."""
+
+    def __init__(self, conn, resolve, window=4096):
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.conn = conn
+        self.resolve = resolve
+        self._waiting = collections.deque()
+        self._failed = []
+        self._window = window
+
+    @property
+    def closed(self):
+        return self.conn.closed
+
+    def close(self):
+        self.conn.close()
+
+    @property
+    def outstanding(self):
+        return len(self._waiting)
+
+    def _read_one(self):
+        kind, value = self.conn.recv_response()
+        pending = self._waiting.popleft()
+        pending._value = value
+        pending._kind = kind
+        if kind in (RESP_ERROR, RESP_FAILURE):
+            self._failed.append(pending)
+
+    def _wait_for(self, pending):
+        while pending._kind == 0:
+            self._read_one()
+
+    def call(self, ident, method, args=(), kwds=None):
+        if ident == 0:
+            self.sync()
+            return self.conn.call(ident, method, args, kwds)
+        self.conn.send_request(REQ_CALL, ident, method, args, kwds)
+        pending = Pending(self)
+        self._waiting.append(pending)
+        if len(self._waiting) > self._window:
+            while len(self._waiting) > self._window // 2:
+                self._read_one()
+        return (RESP_RETURN, pending)
+
+    def send_request(self, kind, ident, method, args=(), kwds=None):
+        if kind != REQ_ONEWAY:
+            raise ValueError("a pipeline sends calls with call()")
+        self.conn.send_request(kind, ident, method, args, kwds)
+
+    def sync(self):
+        """Read every outstanding reply."""
+        while self._waiting:
+            self._read_one()
+
+    def unseen_errors(self):
+        """Failed calls whose result() nobody asked for."""
+        return [p for p in self._failed if not p._seen]

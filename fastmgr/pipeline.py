@@ -1,0 +1,138 @@
+"""Pipelined and oneway calls: fastmgr's way past one round trip per call.
+
+``pipeline(target)`` (a manager or a proxy) pipelines this thread's calls to
+that manager for the length of a ``with`` block: each proxy call returns at
+once with a ``Pending`` instead of its result, the requests leave in batches,
+and the replies come back in order.  At the end of the block every reply has
+been read; if any call failed and its ``Pending`` was not asked, the first
+such error is raised there.  Calls that create proxies (and the manager's
+own requests) stay synchronous.
+
+    with fastmgr.pipeline(manager):
+        for i in range(10000):
+            d[i] = i                    # no waiting
+        n = d.get(5)                    # a Pending
+    print(n.result())
+
+``oneway(proxy)`` sends calls that never wait and get no reply at all
+(errors are dropped on the server):
+
+    fastmgr.oneway(d)[i] = i
+    fastmgr.oneway(counter).increment()
+"""
+from . import _protocol as P
+from ._backend import wire
+from .proxies import AutoProxy, BaseProxy, Token, _proxytypes, build_proxy, reply_error
+
+__all__ = ["pipeline", "oneway", "Pipeline"]
+
+
+def _peer_of(target):
+    if isinstance(target, BaseProxy):
+        return object.__getattribute__(target, "_peer")
+    peer = getattr(target, "_peer", None)
+    if callable(peer):  # a manager
+        return peer()
+    raise TypeError("pipeline() and oneway() take a fastmgr manager or proxy, not %r"
+                    % type(target).__name__)
+
+
+class Pipeline:
+    """The context manager returned by pipeline()."""
+
+    def __init__(self, target, window=4096):
+        self._peer = _peer_of(target)
+        self._address = self._peer.address
+        self._window = window
+        self._pipe = None
+        self._conn = None
+        self._pendings = []
+
+    def _resolve(self, kind, value):
+        if kind == P.RESP_PROXY:
+            typeid, ident, exposed = value
+            proxytype = _proxytypes.get(typeid, AutoProxy)
+            return build_proxy(proxytype, Token(typeid, self._address, ident),
+                               self._peer.codec.serializer, None, self._peer.authkey, exposed)
+        raise reply_error(kind, value)
+
+    def __enter__(self):
+        peer = self._peer
+        try:
+            conn = peer.tls.conn
+        except AttributeError:
+            conn = peer._connect()
+        if isinstance(conn, wire.Pipeline):
+            raise RuntimeError("this thread is already pipelining to %r" % (self._address,))
+        self._conn = conn
+        self._pipe = wire.Pipeline(conn, self._resolve, self._window)
+        peer.tls.conn = self._pipe
+        return self
+
+    def sync(self):
+        """Wait for every reply sent so far."""
+        self._pipe.sync()
+
+    def __exit__(self, exc_type, exc, tb):
+        peer = self._peer
+        if getattr(peer.tls, "conn", None) is self._pipe:
+            peer.tls.conn = self._conn
+        if self._pipe.closed:
+            return False
+        try:
+            self._pipe.sync()
+        except BaseException as error:
+            peer._failed(self._conn, error)
+            if exc_type is None:
+                raise
+            return False
+        unseen = self._pipe.unseen_errors()
+        if unseen and exc_type is None:
+            unseen[0].result()  # raises the first error nobody looked at
+        return False
+
+
+def pipeline(target, window=4096):
+    """Pipeline this thread's calls to target's manager in a with block."""
+    return Pipeline(target, window)
+
+
+class _Oneway:
+    """Calls on a proxy that send a request and never wait for its reply."""
+
+    __slots__ = ("_proxy",)
+
+    def __init__(self, proxy):
+        object.__setattr__(self, "_proxy", proxy)
+
+    def _send(self, method, args, kwds=None):
+        proxy = self._proxy
+        peer = proxy._peer
+        try:
+            conn = peer.tls.conn
+        except AttributeError:
+            conn = peer._connect()
+        try:
+            conn.send_request(P.REQ_ONEWAY, proxy._id, method, args, kwds or None)
+        except BaseException as exc:
+            peer._failed(conn, exc)
+            raise
+
+    def __getattr__(self, name):
+        def call(*args, **kwds):
+            self._send(name, args, kwds)
+        call.__name__ = name
+        return call
+
+    def __setitem__(self, key, value):
+        self._send("__setitem__", (key, value))
+
+    def __delitem__(self, key):
+        self._send("__delitem__", (key,))
+
+
+def oneway(proxy):
+    """A view of proxy whose calls never wait (and return None)."""
+    if not isinstance(proxy, BaseProxy):
+        raise TypeError("oneway() takes a fastmgr proxy, not %r" % type(proxy).__name__)
+    return _Oneway(proxy)
