@@ -740,6 +740,9 @@ class Pipeline:
         self.conn.send_request(REQ_CALL, ident, method, args, kwds)
         pending = Pending(self)
         self._waiting.append(pending)
+        # read the replies that are there, so the server never blocks on us
+        while self._waiting and self.conn.poll(0):
+            self._read_one()
         if len(self._waiting) > self._window:
             while len(self._waiting) > self._window // 2:
                 self._read_one()
