@@ -53,6 +53,18 @@ def _spawn_command_line(original):
     return get_command_line
 
 
+def _keep_autoinstall(original):
+    """set_forkserver_preload() that keeps us preloaded while installed (a
+    program, or CPython's test suite, may set its own list after install())."""
+    def set_forkserver_preload(modules_names):
+        names = list(modules_names)
+        if _AUTOINSTALL not in names:
+            names.append(_AUTOINSTALL)
+        original(names)
+    set_forkserver_preload.__wrapped__ = original
+    return set_forkserver_preload
+
+
 def install():
     """Make multiprocessing's managers fastmgr's (idempotent)."""
     global _saved
@@ -62,9 +74,11 @@ def install():
     saved = {name: getattr(std, name, None) for name in replacements}
     saved["spawn.get_command_line"] = spawn.get_command_line
     saved["forkserver.preload"] = list(forkserver._forkserver._preload_modules)
+    saved["forkserver.set_forkserver_preload"] = forkserver.set_forkserver_preload
     for name, value in replacements.items():
         setattr(std, name, value)
     spawn.get_command_line = _spawn_command_line(spawn.get_command_line)
+    forkserver.set_forkserver_preload = _keep_autoinstall(forkserver.set_forkserver_preload)
     if _AUTOINSTALL not in forkserver._forkserver._preload_modules:
         forkserver.set_forkserver_preload(
             list(forkserver._forkserver._preload_modules) + [_AUTOINSTALL])
@@ -78,6 +92,7 @@ def uninstall():
         return
     saved, _saved = _saved, None
     spawn.get_command_line = saved.pop("spawn.get_command_line")
+    forkserver.set_forkserver_preload = saved.pop("forkserver.set_forkserver_preload")
     forkserver.set_forkserver_preload(saved.pop("forkserver.preload"))
     for name, value in saved.items():
         if value is None:

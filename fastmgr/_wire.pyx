@@ -16,6 +16,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_Next, PyDict_SetItem, PyDict_Size
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -743,6 +745,7 @@ cdef class Connection:
     cdef int spin_now               # the adaptive budget in force (<= spin_us)
     cdef int spin_misses            # blocking waits since spinning last paid off
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
+    cdef bint pyio                  # a TLS socket: read and write through its methods
     cdef unsigned char* rbuf        # incoming bytes
     cdef Py_ssize_t rcap            # rbuf's size
     cdef Py_ssize_t rstart          # first unconsumed byte in rbuf
@@ -766,9 +769,16 @@ cdef class Connection:
         self.spin_now = g_spin_us
         self.wbuf = WriteBuffer()
         self.wbuf.allow_external = True
-        sock.setblocking(True)
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        if type(sock) is not _socket.socket:
+            import ssl
+            # TLS: bytes go through the SSL object, not straight to the fd
+            self.pyio = isinstance(sock, ssl.SSLSocket)
+        if self.pyio:
+            self.spin_us = self.spin_now = 0
+        else:
+            sock.setblocking(True)
 
     def __dealloc__(self):
         PyMem_Free(self.rbuf)
@@ -821,6 +831,12 @@ cdef class Connection:
         pfd.fd = self.fd
         pfd.events = events
         while True:
+            # a signal that came while we spun (or before an EINTR) is seen here
+            try:
+                PyErr_CheckSignals()
+            except BaseException:
+                self.close()
+                raise
             if deadline < 0:
                 ms = -1
             else:
@@ -836,11 +852,6 @@ cdef class Connection:
             if errno != EINTR:
                 PyErr_SetFromErrno(OSError)
                 return -1
-            try:
-                PyErr_CheckSignals()
-            except BaseException:
-                self.close()
-                raise
 
     cdef inline double _deadline(self) noexcept:
         return NO_TIMEOUT if self._timeout < 0 else _now() + self._timeout
@@ -878,6 +889,8 @@ cdef class Connection:
                     raise MemoryError()
                 self.rbuf = nbuf
                 self.rcap = need
+        if self.pyio:
+            return self._fill_pyio(need, deadline)
         while self.rend - self.rstart < need:
             space = self.rcap - self.rend
             spun = False
@@ -911,6 +924,55 @@ cdef class Connection:
                 fm_set_errno(err)
                 PyErr_SetFromErrno(OSError)
                 return -1
+        return 0
+
+    cdef int _pyio_timeout(self, double deadline) except -1:
+        cdef double left
+        if deadline < 0:
+            self.sock.settimeout(None)
+            return 0
+        left = deadline - _now()
+        if left <= 0:
+            self.close()
+            raise TimeoutError("timed out after %.3g s waiting for the peer" % self._timeout)
+        self.sock.settimeout(left)
+        return 0
+
+    cdef int _fill_pyio(self, Py_ssize_t need, double deadline) except -1:
+        """_fill() for a TLS socket. Precondition: rbuf can hold need bytes
+        from rstart."""
+        cdef ssize_t got
+        while self.rend - self.rstart < need:
+            self._pyio_timeout(deadline)
+            view = PyMemoryView_FromMemory(<char*>self.rbuf + self.rend, self.rcap - self.rend,
+                                           PyBUF_WRITE)
+            try:
+                got = self.sock.recv_into(view)
+            except (TimeoutError, _socket.timeout):
+                self.close()
+                raise TimeoutError("timed out after %.3g s waiting for the peer" % self._timeout)
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                view.release()
+            if got == 0:
+                raise EOFError("the peer closed the connection")
+            self.rend += got
+        return 0
+
+    cdef int _send_pyio(self, iovec* iov, int count) except -1:
+        """_send_iov() for a TLS socket."""
+        cdef double deadline = self._deadline()
+        cdef int i
+        data = b"".join([PyBytes_FromStringAndSize(<char*>iov[i].iov_base, iov[i].iov_len)
+                         for i in range(count)])
+        self._pyio_timeout(deadline)
+        try:
+            self.sock.sendall(data)
+        except (TimeoutError, _socket.timeout):
+            self.close()
+            raise TimeoutError("timed out after %.3g s sending to the peer" % self._timeout)
         return 0
 
     cdef void _adapt(self, bint spun, bint paid) noexcept:
@@ -999,6 +1061,8 @@ cdef class Connection:
         cdef int err
         cdef short revents
         cdef double deadline = -2.0
+        if self.pyio:
+            return self._send_pyio(iov, count)
         while count > 0:
             memset(&msg, 0, sizeof(msg))
             msg.msg_iov = iov
@@ -1155,7 +1219,7 @@ cdef class Connection:
         cdef pollfd pfd
         cdef int rc, ms
         self._check_open()
-        if self.rend > self.rstart:
+        if self.rend > self.rstart or (self.pyio and self.sock.pending()):
             return True
         ms = -1 if timeout is None else max(0, <int>(timeout * 1000.0))
         pfd.fd = self.fd
@@ -1390,7 +1454,7 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
     cdef Codec codec = conn.codec
     cdef Py_ssize_t start, size
     cdef int kind, rkind
-    cdef tuple request
+    cdef tuple request, substitute
     cdef object result = None
     cdef _Reply reply = _Reply()
     while True:
@@ -1419,11 +1483,26 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
             try:
                 conn._queue_response(rkind, result)
             except Exception:
-                conn._queue_response(RESP_FAILURE, _traceback.format_exc())
+                substitute = _unencodable(rkind, result)
+                conn._queue_response(substitute[0], substitute[1])
         result = None
         # replies to requests that arrived together leave together
         if conn.wbuf.length and (not conn._has_frame() or conn.wbuf.total() >= c_copy_threshold):
             conn._send_buffer()
+
+
+cdef tuple _unencodable(int rkind, result):
+    """The reply to send when rkind/result would not encode: an exception
+    without pickle is sent by builtin type name and args, if it can be;
+    else its traceback text goes as a failure."""
+    if rkind == RESP_ERROR:
+        exc, tb = result
+        name = type(exc).__name__
+        if type(exc).__module__ == "builtins" and all(
+                type(a) in (str, int, float, bool, bytes, type(None)) for a in exc.args):
+            return (RESP_ERROR, (name, exc.args, tb))
+        return (RESP_FAILURE, tb)
+    return (RESP_FAILURE, _traceback.format_exc())
 
 
 @cython.final

@@ -640,6 +640,21 @@ def _dispatch(request, table, control, fallback, make_proxy):
     return RESP_RETURN, result
 
 
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _unencodable(kind, value):
+    """The reply to send when (kind, value) would not encode: an exception
+    without pickle goes by builtin type name and args, if it can; else its
+    traceback text goes as a failure."""
+    if kind == RESP_ERROR:
+        exc, tb = value
+        if type(exc).__module__ == "builtins" and all(type(a) in _PLAIN for a in exc.args):
+            return RESP_ERROR, (type(exc).__name__, exc.args, tb)
+        return RESP_FAILURE, tb
+    return RESP_FAILURE, traceback.format_exc()
+
+
 def serve_connection(conn, table, control, fallback, make_proxy):
     """The server's loop for one connection, until the peer closes (see
     ``_wire.pyi``).  Raises ProtocolError on a malformed frame."""
@@ -664,7 +679,7 @@ def serve_connection(conn, table, control, fallback, make_proxy):
         try:
             body = codec.encode_response(kind, value)
         except Exception:
-            body = codec.encode_response(RESP_FAILURE, traceback.format_exc())
+            body = codec.encode_response(*_unencodable(kind, value))
         del value  # do not keep the result alive while waiting for the next request
         conn.send_bytes(body)
 

@@ -6,6 +6,7 @@ alive on the server, and the count of live proxies per ident.  Proxies never
 do I/O when they die: they queue their ident, and the next call on any
 thread sends the queued decrefs ahead of itself, without waiting for a reply.
 """
+import builtins
 import os
 import sys
 import threading
@@ -266,7 +267,18 @@ util.register_after_fork(_fork_hook, _after_fork_in_mp_child)
 def reply_error(kind, value):
     """The exception a non-RETURN reply stands for (RESP_PROXY excluded)."""
     if kind == P.RESP_ERROR:
-        exc, tb = value
+        if len(value) == 3:
+            # sent without pickle: a builtin exception, by name and args
+            name, args, tb = value
+            cls = getattr(builtins, name, None)
+            exc = None
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                try:
+                    exc = cls(*args)
+                except Exception:
+                    exc = None
+        else:
+            exc, tb = value
         if isinstance(exc, BaseException):
             exc.__cause__ = RemoteTraceback(tb)
             return exc
