@@ -1,34 +1,56 @@
 """``python -m fastmgr bench``: fastmgr against the stdlib, in one run.
 
 Each op is timed for both implementations in alternating rounds on the
-same machine, so a ratio means something even on a noisy one.  A figure is
-the median over rounds of the mean time per op within a round.
+same machine, so a ratio means something even on a noisy one.  A time is
+the median over rounds of the mean time per op within a round.  Every row
+gets fresh managers (a SyncManager subclass of each implementation).
+
+Besides per-op times there are three other kinds of row:
+
+- ``throughput, N clients``: N forked client processes, each connected to
+  the one manager, call a method in a loop for a fixed window; the figure is
+  the total calls/s (speedup = fastmgr / stdlib);
+- ``..., 1 CPU``: the op with the benchmark process and the manager's server
+  process (every thread of both) pinned to one CPU;
+- ``socket floor, 1 MiB``: a bare ping-pong between two processes over a
+  socketpair (4-byte length + 1 MiB in one sendall, read with recv_into
+  into a preallocated buffer, 1-byte reply), timed in the same rounds as the
+  1 MiB argument, which is then shown as a multiple of it.
+
+The pytest-benchmark suite in ``bench/`` reuses the op definitions here.
 """
+import contextlib
 import json
 import multiprocessing
+import os
+import socket
 import statistics
+import struct
 import sys
 import time
 from multiprocessing import managers as std_managers
 
 import fastmgr
 
-IMPLEMENTATIONS = {"stdlib": std_managers, "fastmgr": fastmgr}
+IMPLEMENTATIONS = ("stdlib", "fastmgr")
 
 
 class Maths:
     def add(self, x, y):
         return x + y
 
-    def echo(self, value):
-        return value
+    def nbytes(self, data):
+        return len(data)
+
+    def length(self, items):
+        return len(items)
 
 
-class StdlibManager(std_managers.BaseManager):
+class StdlibManager(std_managers.SyncManager):
     pass
 
 
-class FastManager(fastmgr.BaseManager):
+class FastManager(fastmgr.SyncManager):
     pass
 
 
@@ -42,34 +64,296 @@ def manager_class(impl):
     return MANAGERS[impl]
 
 
-# -- ops: each takes a started manager and returns (one-op callable, cleanup)
-
-def op_custom_call(manager):
-    maths = manager.Maths()
-    return (lambda: maths.add(1, 2)), None
-
-
-def op_proxy_creation(manager):
-    return manager.Maths, None
-
-
-def op_bytes_1mib(manager):
-    maths = manager.Maths()
-    payload = bytes(1 << 20)
-    return (lambda: maths.echo(payload)), None
-
-
-OPS = [
-    # name, function, ops per round, address kind
-    ("custom method call", op_custom_call, 2000, "unix"),
-    ("proxy creation", op_proxy_creation, 100, "unix"),
-    ("1 MiB bytes echo", op_bytes_1mib, 20, "unix"),
-]
-
-
-def _address(kind):
+def address_for(kind):
+    """The address argument of a manager listening on `kind` ("unix" or "tcp")."""
     return ("127.0.0.1", 0) if kind == "tcp" else None
 
+
+def start_manager(impl, kind="unix"):
+    manager = manager_class(impl)(address=address_for(kind))
+    manager.start()
+    return manager
+
+
+# -- ops: each takes a started manager and its impl name, returns a callable
+#    doing one op
+
+def op_custom_call(m, impl):
+    maths = m.Maths()
+    return lambda: maths.add(1, 2)
+
+
+def op_dict_get(m, impl):
+    d = m.dict({"key": 1})
+    return lambda: d["key"]
+
+
+def op_dict_set(m, impl):
+    d = m.dict()
+    return lambda: d.__setitem__("key", 1)
+
+
+def op_namespace_read(m, impl):
+    ns = m.Namespace(x=1)
+    return lambda: ns.x
+
+
+def op_namespace_write(m, impl):
+    ns = m.Namespace(x=1)
+    return lambda: setattr(ns, "x", 2)
+
+
+def op_list_append(m, impl):
+    items = m.list()
+    return lambda: items.append(1)
+
+
+def op_value_read(m, impl):
+    value = m.Value("i", 1)
+    return lambda: value.value
+
+
+def op_queue_put_get(m, impl):
+    q = m.Queue()
+
+    def put_get():
+        q.put(1)
+        return q.get()
+    return put_get
+
+
+def op_lock_acquire_release(m, impl):
+    lock = m.Lock()
+
+    def acquire_release():
+        lock.acquire()
+        lock.release()
+    return acquire_release
+
+
+def op_bytes_1mib(m, impl):
+    maths, payload = m.Maths(), bytes(1 << 20)
+    return lambda: maths.nbytes(payload)
+
+
+def op_list_10k(m, impl):
+    maths, items = m.Maths(), list(range(10000))
+    return lambda: maths.length(items)
+
+
+def op_proxy_creation(m, impl):
+    return m.Maths
+
+
+PIPELINED_CALLS = 10000
+
+
+def op_pipelined_loop(m, impl):
+    """10,000 ``d[i] = i``: in a fastmgr.pipeline block for fastmgr, the
+    plain loop for the stdlib (which has no pipelining)."""
+    d = m.dict()
+
+    def plain():
+        for i in range(PIPELINED_CALLS):
+            d[i] = i
+
+    def pipelined():
+        with fastmgr.pipeline(m):
+            for i in range(PIPELINED_CALLS):
+                d[i] = i
+    return pipelined if impl == "fastmgr" else plain
+
+
+class Op:
+    """One row of the comparison.
+
+    kind "time": `setup(manager, impl)` returns a callable timed `n` times a
+    round; "clients": throughput of `n` client processes; "startup": manager
+    start-up.  `address` is "unix" or "tcp"; `pinned` runs the row on one
+    CPU; `floor` also times the socket floor for 1 MiB."""
+
+    def __init__(self, name, setup=None, n=1, kind="time", address="unix", pinned=False,
+                 floor=False):
+        self.name, self.setup, self.n, self.kind = name, setup, n, kind
+        self.address, self.pinned, self.floor = address, pinned, floor
+
+    def __repr__(self):
+        return "Op(%r)" % self.name
+
+
+SMALL_CALLS = [
+    ("custom method call", op_custom_call),
+    ("dict get", op_dict_get),
+    ("dict set", op_dict_set),
+    ("Namespace read", op_namespace_read),
+]
+
+CLIENT_COUNTS = (1, 2, 4, 8)
+
+OPS = (
+    [Op(name, setup, 2000) for name, setup in SMALL_CALLS]
+    + [Op("Namespace write", op_namespace_write, 2000),
+       Op("list append", op_list_append, 2000),
+       Op("Value read", op_value_read, 2000),
+       Op("Queue put+get", op_queue_put_get, 1000),
+       Op("Lock acquire+release", op_lock_acquire_release, 1000),
+       Op("1 MiB bytes argument", op_bytes_1mib, 20, floor=True),
+       Op("10k-int list, unix", op_list_10k, 50),
+       Op("10k-int list, TCP", op_list_10k, 10, address="tcp"),
+       Op("proxy creation", op_proxy_creation, 100),
+       Op("pipelined loop, 10k d[i] = i", op_pipelined_loop, 1)]
+    + [Op(name + ", 1 CPU", setup, 1000, pinned=True) for name, setup in SMALL_CALLS]
+    + [Op("throughput, %d client%s" % (n, "s" if n > 1 else ""), n=n, kind="clients")
+       for n in CLIENT_COUNTS]
+    + [Op("manager start-up", kind="startup")]
+)
+
+
+def find_op(name):
+    for op in OPS:
+        if op.name == name:
+            return op
+    raise KeyError(name)
+
+
+# -- pinning to one CPU
+
+def _threads(pid):
+    try:
+        return [int(tid) for tid in os.listdir("/proc/%d/task" % pid)]
+    except OSError:
+        return [pid]
+
+
+@contextlib.contextmanager
+def pinned_to_one_cpu(pids):
+    """Pin every thread of this process and of `pids` to one CPU (threads
+    they start meanwhile inherit it); restore the old masks afterwards."""
+    cpu = min(os.sched_getaffinity(0))
+    saved = {}
+    try:
+        for pid in [os.getpid(), *pids]:
+            for tid in _threads(pid):
+                saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {cpu})
+        yield cpu
+    finally:
+        for tid, mask in saved.items():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:  # the thread has gone
+                pass
+
+
+# -- the socket floor: two processes, one socketpair, no manager
+
+FLOOR_SIZE = 1 << 20
+
+
+def _floor_server(sock, other_end):
+    other_end.close()  # inherited through fork: EOF must reach us
+    buf = bytearray(FLOOR_SIZE + 4)
+    view = memoryview(buf)
+    while True:
+        got = 0
+        while got < 4:
+            n = sock.recv_into(view[got:4])
+            if n == 0:
+                return
+            got += n
+        length = struct.unpack("!I", view[:4])[0]
+        got = 0
+        while got < length:
+            got += sock.recv_into(view[got:length], length - got)
+        sock.sendall(b"\x01")
+
+
+class SocketFloor:
+    """The 1 MiB ping-pong; call() is one round trip."""
+
+    def __init__(self, size=FLOOR_SIZE):
+        self._sock, theirs = socket.socketpair()
+        self._process = multiprocessing.get_context("fork").Process(
+            target=_floor_server, args=(theirs, self._sock), daemon=True)
+        self._process.start()
+        theirs.close()
+        self._message = struct.pack("!I", size) + bytes(size)
+
+    def call(self):
+        self._sock.sendall(self._message)
+        if self._sock.recv(1) != b"\x01":
+            raise RuntimeError("socket floor server died")
+
+    def close(self):
+        self._sock.close()
+        self._process.join(5)
+
+
+# -- throughput: client processes, forked, each with its own connection
+
+def _client_main(impl, address, authkey, conn):
+    m = manager_class(impl)(address=address, authkey=authkey)
+    m.connect()
+    maths = m.Maths()
+    maths.add(1, 2)
+    conn.send("ready")
+    while True:
+        command = conn.recv()
+        if command is None:
+            return
+        seconds, calls = command
+        count, start = 0, time.perf_counter()
+        if seconds is not None:
+            end = start + seconds
+            while time.perf_counter() < end:
+                maths.add(1, 2)
+                count += 1
+        else:
+            for count in range(1, calls + 1):
+                maths.add(1, 2)
+        conn.send((count, time.perf_counter() - start))
+
+
+class Clients:
+    """`n` forked client processes connected to `manager`, idle between runs."""
+
+    def __init__(self, impl, manager, n):
+        ctx = multiprocessing.get_context("fork")
+        self._pipes, self._processes = [], []
+        for _ in range(n):
+            mine, theirs = ctx.Pipe()
+            process = ctx.Process(target=_client_main, daemon=True,
+                                  args=(impl, manager.address, manager._authkey, theirs))
+            process.start()
+            theirs.close()
+            self._pipes.append(mine)
+            self._processes.append(process)
+        for pipe in self._pipes:
+            pipe.recv()
+
+    def run(self, seconds=None, calls=None):
+        """Every client calls for `seconds` (or `calls` times); total calls/s."""
+        for pipe in self._pipes:
+            pipe.send((seconds, calls))
+        return sum(count / elapsed for count, elapsed in (p.recv() for p in self._pipes))
+
+    def close(self):
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+        for process in self._processes:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+
+
+def startup_once(impl):
+    """Start a manager, make one proxy, call it, shut down."""
+    with manager_class(impl)() as m:
+        m.Maths().add(1, 2)
+
+
+# -- measuring
 
 def _time_round(fn, n):
     start = time.perf_counter()
@@ -78,63 +362,136 @@ def _time_round(fn, n):
     return (time.perf_counter() - start) / n
 
 
-def measure(fn_by_impl, n, rounds):
-    """Median seconds per op for each impl, rounds interleaved."""
-    samples = {impl: [] for impl in fn_by_impl}
-    for impl, fn in fn_by_impl.items():
+def measure(fn_by_name, n, rounds):
+    """Median seconds per op for each entry, rounds interleaved."""
+    samples = {name: [] for name in fn_by_name}
+    for fn in fn_by_name.values():
         _time_round(fn, max(1, n // 10))  # warm up
     for _ in range(rounds):
-        for impl, fn in fn_by_impl.items():
-            samples[impl].append(_time_round(fn, n))
-    return {impl: statistics.median(s) for impl, s in samples.items()}
+        for name, fn in fn_by_name.items():
+            samples[name].append(_time_round(fn, n))
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def bench_startup(rounds):
-    """Seconds to start a manager, make one proxy, call it and shut down."""
-    def run(impl):
-        def once():
-            with manager_class(impl)() as m:
-                m.Maths().add(1, 2)
-        return once
-    return measure({impl: run(impl) for impl in IMPLEMENTATIONS}, 1, rounds)
+def _measure_time_op(op, rounds, scale):
+    managers, fns, floor = [], {}, None
+    try:
+        for impl in IMPLEMENTATIONS:
+            managers.append(start_manager(impl, op.address))
+            fns[impl] = op.setup(managers[-1], impl)
+        if op.floor:
+            floor = SocketFloor()
+            fns["floor"] = floor.call
+        n = max(1, int(op.n * scale))
+        if op.pinned:
+            with pinned_to_one_cpu([m._process.pid for m in managers]):
+                return measure(fns, n, rounds)
+        return measure(fns, n, rounds)
+    finally:
+        fns.clear()
+        if floor is not None:
+            floor.close()
+        for m in managers:
+            m.shutdown()
+
+
+def _measure_clients(op, rounds, scale):
+    seconds = max(0.1, scale)
+    result = {}
+    for impl in IMPLEMENTATIONS:
+        manager = start_manager(impl, op.address)
+        clients = None
+        try:
+            clients = Clients(impl, manager, op.n)
+            result[impl] = clients.run(seconds=seconds)
+        finally:
+            if clients is not None:
+                clients.close()
+            manager.shutdown()
+    return result
+
+
+def measure_op(op, rounds=5, scale=1.0):
+    """{impl (and "floor"): seconds per op, or calls/s for "clients"}."""
+    if op.kind == "clients":
+        return _measure_clients(op, rounds, scale)
+    if op.kind == "startup":
+        return measure({impl: (lambda impl=impl: startup_once(impl)) for impl in IMPLEMENTATIONS},
+                       1, max(3, rounds))
+    return _measure_time_op(op, rounds, scale)
+
+
+def make_row(op, result):
+    if op.kind == "clients":
+        return {"op": op.name, "unit": "calls/s", "stdlib": result["stdlib"],
+                "fastmgr": result["fastmgr"], "speedup": result["fastmgr"] / result["stdlib"]}
+    row = {"op": op.name, "unit": "us", "stdlib": result["stdlib"] * 1e6,
+           "fastmgr": result["fastmgr"] * 1e6, "speedup": result["stdlib"] / result["fastmgr"]}
+    if "floor" in result:
+        row["floor"] = result["floor"] * 1e6
+        row["floor_multiple"] = result["fastmgr"] / result["floor"]
+    return row
 
 
 def run(ops=None, rounds=5, scale=1.0, progress=sys.stderr):
-    """Run the comparison; returns a list of result rows (dicts)."""
+    """Run the comparison; returns a list of result rows (dicts).  `ops`:
+    names or parts of names to run (default: all)."""
+    selected = [op for op in OPS if not ops or any(part in op.name for part in ops)]
     rows = []
-    selected = [op for op in OPS if ops is None or op[0] in ops]
-    total = len(selected) + 1
-    for index, (name, func, n, kind) in enumerate(selected, 1):
-        print("[%d/%d] %s ..." % (index, total, name), file=progress, flush=True)
-        started, fns = [], {}
-        try:
-            for impl in IMPLEMENTATIONS:
-                m = manager_class(impl)(address=_address(kind))
-                m.start()
-                started.append(m)
-                fns[impl] = func(m)[0]
-            result = measure(fns, max(1, int(n * scale)), rounds)
-        finally:
-            fns.clear()
-            for m in started:
-                m.shutdown()
-        rows.append(_row(name, result))
-    print("[%d/%d] manager start-up ..." % (total, total), file=progress, flush=True)
-    rows.append(_row("manager start-up", bench_startup(max(3, rounds))))
-    return rows
+    for index, op in enumerate(selected, 1):
+        print("[%2d/%d] %-34s" % (index, len(selected), op.name), end="", file=progress,
+              flush=True)
+        started = time.perf_counter()
+        row = make_row(op, measure_op(op, rounds, scale))
+        rows.append(row)
+        print("%12s %12s %8.1fx  (%.1f s)" % (
+            _fmt(row["stdlib"], row["unit"]), _fmt(row["fastmgr"], row["unit"]), row["speedup"],
+            time.perf_counter() - started), file=progress, flush=True)
+    return _annotate(rows)
 
 
-def _row(name, result):
-    return {"op": name, "stdlib_us": result["stdlib"] * 1e6, "fastmgr_us": result["fastmgr"] * 1e6,
-            "speedup": result["stdlib"] / result["fastmgr"]}
+def _annotate(rows):
+    """Notes on rows that are read against another row."""
+    by_name = {row["op"]: row for row in rows}
+    for row in rows:
+        if "floor" in row:
+            row["note"] = "%.2fx socket floor" % row["floor_multiple"]
+    eight, two = by_name.get("throughput, 8 clients"), by_name.get("throughput, 2 clients")
+    if eight and two:
+        eight["fastmgr_vs_2_clients"] = eight["fastmgr"] / two["fastmgr"]
+        eight["note"] = "fastmgr: %.2fx its 2 clients" % eight["fastmgr_vs_2_clients"]
+    out = []
+    for row in rows:
+        out.append(row)
+        if "floor" in row:
+            out.append({"op": "socket floor, 1 MiB", "unit": "us", "value": row["floor"],
+                        "note": "bare socketpair round trip, same rounds"})
+    return out
+
+
+def _fmt(value, unit):
+    if unit == "calls/s":
+        return "%.1fk/s" % (value / 1e3)
+    if value >= 1e6:
+        return "%.2f s" % (value / 1e6)
+    if value >= 1e3:
+        return "%.2f ms" % (value / 1e3)
+    return "%.1f us" % value
 
 
 def format_table(rows):
-    lines = ["%-28s %12s %12s %9s" % ("op", "stdlib (us)", "fastmgr (us)", "speedup")]
+    lines = ["%-34s %12s %12s %9s  %s" % ("op", "stdlib", "fastmgr", "speedup", "")]
     for row in rows:
-        lines.append("%-28s %12.1f %12.1f %8.1fx" % (
-            row["op"], row["stdlib_us"], row["fastmgr_us"], row["speedup"]))
-    return "\n".join(lines)
+        if "value" in row:  # a reference row: one figure, no comparison
+            lines.append("%-34s %12s %12s %9s  %s" % (
+                row["op"], "", _fmt(row["value"], row["unit"]), "", row.get("note", "")))
+            continue
+        lines.append("%-34s %12s %12s %8.1fx  %s" % (
+            row["op"], _fmt(row["stdlib"], row["unit"]), _fmt(row["fastmgr"], row["unit"]),
+            row["speedup"], row.get("note", "")))
+    lines.append("(times per op, median of rounds; throughput in calls/s summed over clients; "
+                 "speedup = how many times better fastmgr is)")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def plot(rows, path):
@@ -144,14 +501,16 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'fastmgr[plot]'")
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    rows = [r for r in rows if "speedup" in r]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
     names = [r["op"] for r in rows]
     ax.barh(names, [r["speedup"] for r in rows], color="tab:blue")
     ax.axvline(1.0, color="grey", linestyle="--")
-    ax.set_xlabel("speedup over multiprocessing.managers (x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup over multiprocessing.managers (x, log scale)")
     ax.invert_yaxis()
     for i, r in enumerate(rows):
-        ax.text(r["speedup"], i, " %.1fx" % r["speedup"], va="center")
+        ax.text(r["speedup"], i, " %.1fx" % r["speedup"], va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -160,9 +519,14 @@ def main(args):
     multiprocessing.set_start_method(args.start_method, force=True)
     from . import _backend
     print(_backend.describe(), file=sys.stderr)
+    print("CPUs usable: %d; %d rounds per op" % (len(os.sched_getaffinity(0)), args.rounds),
+          file=sys.stderr)
+    started = time.perf_counter()
     rows = run(ops=args.op or None, rounds=args.rounds, scale=args.scale)
+    print("done in %.1f s" % (time.perf_counter() - started), file=sys.stderr)
     if args.json:
-        print(json.dumps({"wire": _backend.wire.IMPLEMENTATION, "rows": rows}, indent=2))
+        print(json.dumps({"wire": _backend.wire.IMPLEMENTATION,
+                          "cpus": len(os.sched_getaffinity(0)), "rows": rows}, indent=2))
     else:
         print(format_table(rows))
     if args.plot:

@@ -12,16 +12,19 @@ def build_parser():
     bench = sub.add_parser(
         "bench", help="compare fastmgr with multiprocessing.managers on this machine",
         description="Time common manager operations for the stdlib and for fastmgr in one "
-                    "run and print a table of per-op times and speedups.")
+                    "run and print a table of per-op times (or calls/s) and speedups, with progress "
+                    "on stderr.")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument("--plot", metavar="FILE.png",
                        help="also write a bar chart of the speedups (needs matplotlib)")
     bench.add_argument("--rounds", type=int, default=5,
                        help="alternating timing rounds per op (default: 5)")
     bench.add_argument("--scale", type=float, default=1.0,
-                       help="multiply the number of ops per round (default: 1.0)")
+                       help="multiply the number of ops per round; also the throughput "
+                            "window in seconds (default: 1.0)")
     bench.add_argument("--op", action="append", metavar="NAME",
-                       help="run only this op (repeatable); default: all")
+                       help="run only the ops whose name contains NAME (repeatable); "
+                            "default: all")
     bench.add_argument("--start-method", default="fork", choices=["fork", "spawn", "forkserver"],
                        help="start method of the manager processes (default: fork)")
     return parser

@@ -66,12 +66,21 @@ class Listener:
     def fileno(self):
         return self._sock.fileno()
 
+    def accept_socket(self):
+        """The next connected socket and its peer's address."""
+        sock, self.last_accepted = self._sock.accept()
+        return sock, self.last_accepted
+
     def accept(self):
         """The next connection, not yet authenticated."""
-        sock, self.last_accepted = self._sock.accept()
-        return self._wrap(sock)
+        return self.wrap(self.accept_socket()[0])
 
-    def _wrap(self, sock):
+    def wrap(self, sock, ssl_context=None):
+        """A connection over an accepted socket; with ssl_context, the TLS
+        handshake happens here, bounded by HANDSHAKE_TIMEOUT."""
+        if ssl_context is not None:
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            sock = ssl_context.wrap_socket(sock, server_side=True)
         kwargs = {"codec": self._codec}
         if self._max_message:
             kwargs["max_message"] = self._max_message
@@ -96,17 +105,24 @@ class Listener:
         self.close()
 
 
-def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=None):
+def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=None,
+           ssl_context=None, server_hostname=None):
     """Connect to ``address`` and authenticate with ``authkey``.
 
-    ``timeout`` bounds the connect and the handshake; the returned
-    connection waits without a limit unless told otherwise.
+    ``timeout`` bounds the connect and the handshakes; the returned
+    connection waits without a limit unless told otherwise.  With
+    ``ssl_context`` the connection is TLS (``server_hostname`` defaults to
+    the address's host when the context checks host names).
     """
     family = address_family(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(address)
+        if ssl_context is not None:
+            if server_hostname is None and ssl_context.check_hostname:
+                server_hostname = address[0]
+            sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
     except BaseException:
         sock.close()
         raise

@@ -50,6 +50,11 @@ def _watch_parent(server):
     threading.Thread(target=watch, name="fastmgr-parent-watch", daemon=True).start()
 
 
+def _server_side(ssl_context):
+    import ssl
+    return ssl_context.protocol == ssl.PROTOCOL_TLS_SERVER
+
+
 class BaseManager:
     """Base class for managers: register types on a subclass, then start()
     a server process or connect() to a running server."""
@@ -58,7 +63,21 @@ class BaseManager:
     _Server = Server
 
     def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
-                 shutdown_timeout=1.0):
+                 shutdown_timeout=1.0, timeout=None, connect_timeout=None, ssl_context=None,
+                 client_ssl_context=None, spin_us=None):
+        """As the stdlib's, plus (keywords only):
+
+        timeout: seconds each proxy call may take (None: no limit); a proxy
+            overrides it with proxy._set_timeout(seconds). TimeoutError then.
+        connect_timeout: seconds to connect and authenticate (default 30).
+        ssl_context: an ssl.SSLContext: a server context (PROTOCOL_TLS_SERVER)
+            serves TLS from get_server() or start(); a client context makes
+            connect() and the proxies use TLS.
+        client_ssl_context: the client context, where ssl_context is the
+            server's (start() with TLS needs both).
+        spin_us: microseconds a waiting thread spins before it blocks
+            (0: never; None: FASTMGR_SPIN_US, default 50).
+        """
         if authkey is None:
             authkey = process.current_process().authkey
         if serializer not in P.SERIALIZERS:
@@ -72,23 +91,49 @@ class BaseManager:
         self._ctx = ctx or get_context()
         self._shutdown_timeout = shutdown_timeout
         self._process = None
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+        self._client_ssl_context = client_ssl_context
+        self._spin_us = spin_us
 
     @property
     def address(self):
         return self._address
 
     def _peer(self):
-        return peer_for(self._address, self._authkey, self._serializer)
+        peer = peer_for(self._address, self._authkey, self._serializer)
+        peer.configure(self._timeout, self._connect_timeout, self._client_ssl(), self._spin_us)
+        return peer
+
+    def _client_ssl(self):
+        if self._client_ssl_context is not None:
+            return self._client_ssl_context
+        if self._ssl_context is not None and not _server_side(self._ssl_context):
+            return self._ssl_context
+        return None
+
+    def _server_options(self):
+        ctx = self._ssl_context
+        return {"ssl_context": ctx if ctx is not None and _server_side(ctx) else None,
+                "spin_us": self._spin_us}
 
     def get_server(self):
         """A server for this manager's registry, to run with serve_forever()."""
         _check_initial(self._state)
-        return self._Server(self._registry, self._address, self._authkey, self._serializer)
+        return self._Server(self._registry, self._address, self._authkey, self._serializer,
+                            **self._server_options())
 
     def connect(self):
         """Connect to a running manager server at self.address."""
         self._peer().control("dummy")
         self._state.value = State.STARTED
+
+    def reconnect(self):
+        """Connect again to a server that restarted at self.address.
+        Proxies from before the restart name objects that are gone."""
+        self._peer().reset()
+        self.connect()
 
     def start(self, initializer=None, initargs=()):
         """Start a server process for this manager."""
@@ -99,7 +144,7 @@ class BaseManager:
         self._process = self._ctx.Process(
             target=type(self)._run_server,
             args=(self._registry, self._address, self._authkey, self._serializer, writer,
-                  initializer, initargs),
+                  initializer, initargs, self._server_options()),
         )
         ident = ":".join(str(i) for i in self._process._identity)
         self._process.name = type(self).__name__ + "-" + ident
@@ -117,13 +162,13 @@ class BaseManager:
 
     @classmethod
     def _run_server(cls, registry, address, authkey, serializer, writer, initializer=None,
-                    initargs=()):
+                    initargs=(), options=None):
         """The server process: make the server, report its address, serve."""
         # the parent handles Ctrl-C; the manager goes when told (bpo-36368)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if initializer is not None:
             initializer(*initargs)
-        server = cls._Server(registry, address, authkey, serializer)
+        server = cls._Server(registry, address, authkey, serializer, **(options or {}))
         writer.send(server.address)
         writer.close()
         _watch_parent(server)

@@ -7,6 +7,7 @@ do I/O when they die: they queue their ident, and the next call on any
 thread sends the queued decrefs ahead of itself, without waiting for a reply.
 """
 import builtins
+import functools
 import os
 import sys
 import threading
@@ -21,6 +22,9 @@ from .errors import ManagerGone, ProtocolError, RemoteError, RemoteTraceback
 __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy"]
 
 RESP_RETURN = P.RESP_RETURN
+
+#: seconds a new connection may take to connect and authenticate, by default
+DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
 class Token:
@@ -66,7 +70,32 @@ class Peer:
         self.anchor = None             # keeps the session alive; never used for calls
         self.held = {}                 # ident -> live proxies that own a reference
         self.dead = []                 # idents of proxies that died since the last flush
-        self.timeout = None            # per-call timeout of new connections
+        self.timeout = None            # per-call timeout of new connections (seconds)
+        self.connect_timeout = DEFAULT_CONNECT_TIMEOUT
+        self.ssl_context = None
+        self.spin_us = None            # None: the process default (FASTMGR_SPIN_US)
+
+    def configure(self, timeout=None, connect_timeout=None, ssl_context=None, spin_us=None):
+        """Settings of a manager object, for the connections made from now on."""
+        if timeout is not None:
+            self.timeout = timeout
+        if connect_timeout is not None:
+            self.connect_timeout = connect_timeout
+        if ssl_context is not None:
+            self.ssl_context = ssl_context
+        if spin_us is not None:
+            self.spin_us = spin_us
+
+    def _client(self):
+        try:
+            conn = Client(self.address, self.authkey, self.codec, hello=_Session.id,
+                          timeout=self.connect_timeout, ssl_context=self.ssl_context)
+        except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
+                BrokenPipeError, EOFError) as exc:
+            raise ManagerGone("cannot reach the manager at %r: %s" % (self.address, exc)) from exc
+        if self.spin_us is not None:
+            conn.spin_us = self.spin_us
+        return conn
 
     def _connect(self):
         with self.lock:
@@ -74,11 +103,21 @@ class Peer:
             if self.anchor is not None and not self.anchor.closed and self.anchor.poll(0):
                 self.anchor.close()
             if self.anchor is None or self.anchor.closed:
-                self.anchor = Client(self.address, self.authkey, self.codec, hello=_Session.id)
-        conn = Client(self.address, self.authkey, self.codec, hello=_Session.id)
+                self.anchor = self._client()
+        conn = self._client()
         conn.timeout = self.timeout
         self.tls.conn = conn
         return conn
+
+    def reset(self):
+        """Forget every connection and reference: the server restarted."""
+        with self.lock:
+            if self.anchor is not None:
+                self.anchor.close()
+            self.anchor = None
+            self.tls = threading.local()
+            self.held = {}
+            self.dead = []
 
     def _drop(self, conn):
         conn.close()
@@ -366,6 +405,15 @@ class BaseProxy:
         return build_proxy(proxytype, token, self._serializer, self._manager, self._authkey,
                            exposed)
 
+    def _set_timeout(self, seconds):
+        """Bound this proxy's calls to seconds (None: the manager's default).
+        A call that runs out raises TimeoutError; its connection is dropped."""
+        if seconds is None:
+            self.__dict__.pop("_callmethod", None)
+        else:
+            object.__setattr__(self, "_callmethod",
+                               functools.partial(_timed_callmethod, self, seconds))
+
     def _getvalue(self):
         """Get a copy of the value of the referent."""
         return self._callmethod("#GETVALUE")
@@ -395,6 +443,23 @@ class BaseProxy:
             return self._callmethod("__repr__")
         except Exception:
             return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _timed_callmethod(proxy, timeout, methodname, args=(), kwds={}):
+    """_callmethod with this proxy's own timeout on the thread's connection."""
+    peer = proxy._peer
+    try:
+        conn = peer.tls.conn
+    except AttributeError:
+        conn = peer._connect()
+    if not isinstance(conn, wire.Connection):  # a pipeline: its calls do not wait
+        return BaseProxy._callmethod(proxy, methodname, args, kwds)
+    saved, conn.timeout = conn.timeout, timeout
+    try:
+        return BaseProxy._callmethod(proxy, methodname, args, kwds)
+    finally:
+        if not conn.closed:
+            conn.timeout = saved
 
 
 def RebuildProxy(func, token, serializer, kwds):

@@ -96,7 +96,8 @@ class Server:
 
     control_class = Control
 
-    def __init__(self, registry, address, authkey, serializer, *, max_message=None):
+    def __init__(self, registry, address, authkey, serializer, *, max_message=None,
+                 ssl_context=None, spin_us=None):
         if not isinstance(authkey, bytes):
             raise TypeError("Authkey {0!r} is type {1!s}, not bytes".format(authkey, type(authkey)))
         self.registry = registry
@@ -104,6 +105,8 @@ class Server:
         self.serializer = serializer
         self.codec = wire.Codec(serializer)
         self.listener = Listener(address, codec=self.codec, max_message=max_message)
+        self.ssl_context = ssl_context
+        self.spin_us = spin_us
         self.address = self.listener.address
         self.table = {}         # ident -> (obj, exposed set, method_to_typeid)
         self.refcount = {}      # ident -> references held by all sessions
@@ -139,12 +142,13 @@ class Server:
     def accepter(self):
         while not self.stop_event.is_set():
             try:
-                conn = self.listener.accept()
+                sock, peer = self.listener.accept_socket()
             except OSError:
                 if self.listener._sock is None:
                     return
                 continue
-            threading.Thread(target=self.handle_connection, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.handle_connection, args=(sock, peer),
+                             daemon=True).start()
 
     def shutdown(self):
         """Stop serving (serve_forever then returns and exits the process)."""
@@ -156,16 +160,19 @@ class Server:
         for conn in list(self._connections):
             conn.close()
 
-    def handle_connection(self, conn):
+    def handle_connection(self, sock, peer=None):
         """Authenticate, then serve one connection until it closes."""
-        peer = self.listener.last_accepted
+        conn = None
         try:
+            conn = self.listener.wrap(sock, self.ssl_context)
+            if self.spin_us is not None:
+                conn.spin_us = self.spin_us
             conn.timeout = HANDSHAKE_TIMEOUT
             session = bytes(wire.deliver_challenge(conn, bytes(self.authkey)))
             conn.timeout = None
-        except (AuthenticationError, OSError, EOFError) as exc:
+        except (AuthenticationError, OSError, EOFError, ValueError) as exc:
             log.warning("failed authentication from %s: %s", peer or "a local client", exc)
-            conn.close()
+            (conn or sock).close()
             return
         log.info("connection from %s", peer or "a local client")
         _current_session.value = session
