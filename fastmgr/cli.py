@@ -27,6 +27,35 @@ def build_parser():
                             "default: all")
     bench.add_argument("--start-method", default="fork", choices=["fork", "spawn", "forkserver"],
                        help="start method of the manager processes (default: fork)")
+
+    serve = sub.add_parser(
+        "serve", help="serve a manager class over TCP or a unix socket",
+        description="Serve the manager class SPEC (module:Class, a BaseManager subclass with "
+                    "its types registered) until SIGTERM or SIGINT.  The authkey is read from "
+                    "an environment variable or a file, never from the command line.  Managers "
+                    "written against multiprocessing.managers work too: fastmgr.install() runs "
+                    "before the module is imported.")
+    serve.add_argument("spec", metavar="module:Class",
+                       help="the manager class, e.g. myapp.managers:QueueManager")
+    serve.add_argument("--address", required=True, metavar="HOST:PORT",
+                       help="where to listen: HOST:PORT (IPv6 as [::1]:PORT), or a path for a "
+                            "unix socket")
+    serve.add_argument("--authkey-env", default="FASTMGR_AUTHKEY", metavar="VAR",
+                       help="environment variable holding the authkey (default: FASTMGR_AUTHKEY)")
+    serve.add_argument("--authkey-file", metavar="PATH",
+                       help="file holding the authkey (its bytes, trailing newline dropped); "
+                            "takes precedence over the environment variable")
+    serve.add_argument("--serializer", default="pickle", choices=["pickle", "safe"],
+                       help="'safe' never unpickles: only None, bool, int, float, str, bytes, "
+                            "tuple, list and dict cross the wire (default: pickle)")
+    serve.add_argument("--certfile", metavar="PEM", help="serve TLS with this certificate chain")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    serve.add_argument("--cafile", metavar="PEM",
+                       help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="what to log: connects, disconnects and failed authentications are "
+                            "logged at INFO and WARNING (default: INFO)")
     return parser
 
 
@@ -35,6 +64,9 @@ def main(argv=None):
     if args.command == "bench":
         from . import _bench
         return _bench.main(args)
+    if args.command == "serve":
+        from . import _serve
+        return _serve.main(args)
     return 2
 
 
