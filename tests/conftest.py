@@ -42,3 +42,31 @@ def compiled_wire():
 def wire(request):
     """Each wire implementation in turn."""
     return request.getfixturevalue(request.param + "_wire")
+
+
+# -- behaviour tests written once, run on the stdlib and on fastmgr ----------
+
+IMPLEMENTATIONS = ["stdlib", "fastmgr"]
+
+
+def managers_module(name):
+    if name == "stdlib":
+        import multiprocessing.managers as module
+    else:
+        import fastmgr as module
+    return module
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+def impl(request):
+    """The managers module under test: multiprocessing.managers or fastmgr."""
+    return managers_module(request.param)
+
+
+@pytest.fixture(scope="module")
+def manager(impl):
+    """A started SyncManager of impl, shared by a test module."""
+    m = impl.SyncManager()
+    m.start()
+    yield m
+    m.shutdown()
