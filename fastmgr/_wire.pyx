@@ -1063,6 +1063,17 @@ cdef class Connection:
         cdef double deadline = -2.0
         if self.pyio:
             return self._send_pyio(iov, count)
+        if count == 1:
+            # the common case: one buffer, one send(); fall through if partial
+            with nogil:
+                sent = c_send(self.fd, iov[0].iov_base, iov[0].iov_len,
+                              MSG_DONTWAIT | MSG_NOSIGNAL)
+                err = errno
+            if sent >= 0 and <size_t>sent == iov[0].iov_len:
+                return 0
+            if sent > 0:
+                iov[0].iov_base = <char*>iov[0].iov_base + sent
+                iov[0].iov_len -= sent
         while count > 0:
             memset(&msg, 0, sizeof(msg))
             msg.msg_iov = iov
@@ -1102,6 +1113,10 @@ cdef class Connection:
         cdef bytes data
         try:
             self._check_open()
+            if w.ext_bytes == 0:
+                iov[0].iov_base = w.buf
+                iov[0].iov_len = w.length
+                return self._send_iov(iov, 1)
             for offset, data in w.externals:
                 if offset > pos:
                     iov[count].iov_base = w.buf + pos

@@ -14,8 +14,9 @@ from ._backend import wire
 
 __all__ = ["Listener", "Client", "address_family", "default_address"]
 
-#: how long an unauthenticated peer may take over the handshake (seconds)
-HANDSHAKE_TIMEOUT = 20.0
+#: how long an unauthenticated peer may take over the handshake (seconds);
+#: ``FASTMGR_HANDSHAKE_TIMEOUT`` (read at import) overrides the default
+HANDSHAKE_TIMEOUT = float(os.environ.get("FASTMGR_HANDSHAKE_TIMEOUT", "") or 20.0)
 
 
 def address_family(address):

@@ -7,6 +7,7 @@ do I/O when they die: they queue their ident, and the next call on any
 thread sends the queued decrefs ahead of itself, without waiting for a reply.
 """
 import builtins
+import errno
 import functools
 import os
 import sys
@@ -25,6 +26,11 @@ RESP_RETURN = P.RESP_RETURN
 
 #: seconds a new connection may take to connect and authenticate, by default
 DEFAULT_CONNECT_TIMEOUT = 30.0
+
+#: errnos of a connect that found no way to the manager (ManagerGone)
+_UNREACHABLE = frozenset(getattr(errno, name) for name in
+                         ("ENETUNREACH", "EHOSTUNREACH", "ENETDOWN", "EHOSTDOWN")
+                         if hasattr(errno, name))
 
 
 class Token:
@@ -92,6 +98,11 @@ class Peer:
                           timeout=self.connect_timeout, ssl_context=self.ssl_context)
         except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
                 BrokenPipeError, EOFError) as exc:
+            raise ManagerGone("cannot reach the manager at %r: %s" % (self.address, exc)) from exc
+        except OSError as exc:
+            # no route to the manager's network or host: unreachable, as gone
+            if exc.errno not in _UNREACHABLE:
+                raise
             raise ManagerGone("cannot reach the manager at %r: %s" % (self.address, exc)) from exc
         if self.spin_us is not None:
             conn.spin_us = self.spin_us
@@ -206,6 +217,17 @@ class Peer:
         self.anchor = None
         self.inherited, self.held, self.dead = self.held, {}, []
 
+    def _release_all(self):
+        """Drop every reference this process holds on the server (at exit)."""
+        with self.lock:
+            idents = [ident for ident, count in self.held.items() for _ in range(count)]
+            self.held = {}   # proxies that die later release nothing (see _settle)
+        if idents:
+            try:
+                self.control("decref_many", idents)
+            except Exception as exc:
+                util.info("releasing references at exit failed: %s", exc)
+
     def _reacquire(self):
         """In a child started by multiprocessing: own references for the
         proxies inherited from the parent, as the stdlib does."""
@@ -284,8 +306,28 @@ def _after_fork_in_child():
 
 
 def _after_fork_in_mp_child(_registry_key):
+    _release_at_exit()  # the child's finalizer registry starts empty
     for peer in list(_peers.values()):
         peer._reacquire()
+
+
+def _release_all():
+    """At the exit of a process, give back its references now, one round
+    trip per server, rather than when the server notices its connections
+    closed: once a child process has exited (and been joined), what it held
+    is released, as with the stdlib, whose proxies decref at exit."""
+    for peer in list(_peers.values()):
+        if not isinstance(peer, LocalPeer):
+            peer._release_all()
+
+
+def _release_at_exit():
+    # priority 10: that of the stdlib's proxy finalizers, before a manager
+    # started here shuts down (priority 0)
+    util.Finalize(None, _release_all, exitpriority=10)
+
+
+_release_at_exit()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -385,7 +427,19 @@ class BaseProxy:
 
     def _callmethod(self, methodname, args=(), kwds={}):
         """Call methodname on the referent and return a copy of the result."""
-        kind, result = self._peer.call(self._id, methodname, args, kwds or None)
+        # Peer.call() inlined: this is the path every proxy call takes
+        peer = self._peer
+        try:
+            conn = peer.tls.conn
+        except AttributeError:
+            conn = peer._connect()
+        if peer.dead:
+            peer._flush(conn)
+        try:
+            kind, result = conn.call(self._id, methodname, args, kwds or None)
+        except BaseException as exc:
+            peer._failed(conn, exc)
+            raise
         if kind == RESP_RETURN:
             return result
         if kind == P.RESP_PROXY:

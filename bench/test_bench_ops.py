@@ -1,0 +1,63 @@
+"""The ops of ``python -m fastmgr bench`` (fastmgr/_bench.py) as a
+pytest-benchmark suite: one benchmark group per op, each holding the stdlib
+and fastmgr.  See README.md here for how to run and read it."""
+import re
+
+import pytest
+
+from fastmgr import _bench
+
+TIME_OPS = [op for op in _bench.OPS if op.kind == "time"]
+CLIENT_OPS = [op for op in _bench.OPS if op.kind == "clients"]
+CALLS_PER_CLIENT = 2000
+
+
+def _slug(name):
+    return re.sub(r"\W+", "-", name).strip("-")
+
+
+@pytest.fixture(params=_bench.IMPLEMENTATIONS)
+def impl(request):
+    return request.param
+
+
+@pytest.mark.parametrize("op", TIME_OPS, ids=[_slug(op.name) for op in TIME_OPS])
+def test_op(benchmark, managers, op, impl):
+    benchmark.group = op.name
+    manager = managers(impl, op.address, op.pinned)
+    fn = op.setup(manager, impl)
+    if op.pinned:
+        with _bench.pinned_to_one_cpu([manager._process.pid]):
+            benchmark(fn)
+    else:
+        benchmark(fn)
+
+
+def test_socket_floor(benchmark):
+    """The bare 1 MiB socketpair round trip, in the 1 MiB argument's group."""
+    benchmark.group = _bench.find_op("1 MiB bytes argument").name
+    floor = _bench.SocketFloor()
+    try:
+        benchmark(floor.call)
+    finally:
+        floor.close()
+
+
+@pytest.mark.parametrize("op", CLIENT_OPS, ids=[_slug(op.name) for op in CLIENT_OPS])
+def test_throughput(benchmark, managers, op, impl):
+    """Time for op.n client processes to make CALLS_PER_CLIENT calls each,
+    all at once; extra_info["calls_per_s"] is their total rate."""
+    benchmark.group = op.name
+    gang = _bench.Clients(impl, managers(impl), op.n)
+    rates = []
+    try:
+        benchmark.pedantic(lambda: rates.append(gang.run(calls=CALLS_PER_CLIENT)),
+                           rounds=5, warmup_rounds=1)
+    finally:
+        gang.close()
+    benchmark.extra_info["calls_per_s"] = sorted(rates)[len(rates) // 2]
+
+
+def test_manager_startup(benchmark, impl):
+    benchmark.group = "manager start-up"
+    benchmark.pedantic(_bench.startup_once, args=(impl,), rounds=10, warmup_rounds=1)
