@@ -28,6 +28,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap
 
 import hmac as _hmac
 import os as _os
@@ -125,6 +126,43 @@ cdef extern from *:
         return 1;
     }
     static inline void fm_spin_leave(void) { __atomic_sub_fetch(&fm_spinners, 1, __ATOMIC_RELAXED); }
+    /* Client spinners are counted across processes, in slots of a small
+       shared mapping (one per user): each slot holds the monotonic time its
+       spinner began, 0 when free; a slot older than FM_STALE_NS belonged to
+       a process that died mid-spin and may be taken. */
+    #define FM_STALE_NS 50000000LL
+    static int64_t *fm_slots = NULL;
+    static int fm_client_max = 0;
+    static __thread int fm_slot = -1;
+    static __thread int64_t fm_slot_stamp = 0;
+    static inline int64_t fm_now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    static inline int fm_client_enter(void) {
+        int i;
+        int64_t now, v;
+        if (fm_slots == NULL) return fm_spin_enter();
+        now = fm_now_ns();
+        for (i = 0; i < fm_client_max; i++) {
+            v = __atomic_load_n(&fm_slots[i], __ATOMIC_RELAXED);
+            if ((v == 0 || now - v > FM_STALE_NS) &&
+                __atomic_compare_exchange_n(&fm_slots[i], &v, now, 0,
+                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                fm_slot = i;
+                fm_slot_stamp = now;
+                return 1;
+            }
+        }
+        return 0;
+    }
+    static inline void fm_client_leave(void) {
+        int64_t v = fm_slot_stamp;
+        if (fm_slots == NULL) { fm_spin_leave(); return; }
+        __atomic_compare_exchange_n(&fm_slots[fm_slot], &v, 0, 0,
+                                    __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    }
     #include <errno.h>
     static inline int fm_again(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
     static inline void fm_set_errno(int e) { errno = e; }
@@ -141,6 +179,10 @@ cdef extern from *:
     int fm_max_spinners
     int fm_spin_enter() nogil
     void fm_spin_leave() nogil
+    int64_t* fm_slots
+    int fm_client_max
+    int fm_client_enter() nogil
+    void fm_client_leave() nogil
     bint fm_again(int e) nogil
     void fm_set_errno(int e) nogil
 
@@ -170,6 +212,10 @@ cdef enum:
     TOO_DEEP = 1
     # most large bytes values one message keeps external (see WriteBuffer)
     MAX_EXTERNALS = 64
+    # machine-wide client spinner slots
+    MAX_SLOTS = 64
+    # the largest spin budget (µs); see FM_STALE_NS
+    MAX_SPIN_US = 10000
 
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
@@ -178,28 +224,53 @@ cdef uint64_t U32_LIMIT = 0x100000000
 # ---------------------------------------------------------------------------
 # Spin policy
 
-cdef int g_spin_us = int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)
+cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
 
 
 cdef void _refresh_max_spinners() noexcept:
-    """Spinning pays only with a free CPU for the peer: allow ncpu-1 spinners
-    among this process's threads, and none when we may use a single CPU."""
-    global fm_max_spinners
+    """Spinning pays only with a free CPU for the peer.  A server process
+    lets ncpu-1 of its threads spin; client connections, ncpu-1 spinners on
+    the whole machine (counted in the shared slots).  None spin when this
+    process may use a single CPU."""
+    global fm_max_spinners, fm_client_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = _os.cpu_count() or 1
     fm_max_spinners = ncpu - 1 if ncpu > 1 else 0
+    fm_client_max = min(fm_max_spinners, MAX_SLOTS)
 
 
+cdef void _map_slots() noexcept:
+    """Map the machine-wide spinner slots; without them (no /dev/shm, say)
+    client spinners are counted per process."""
+    global fm_slots
+    cdef void* mem
+    try:
+        fd = _os.open("/dev/shm/fastmgr-spin-%d" % _os.getuid(), _os.O_RDWR | _os.O_CREAT, 0o600)
+    except Exception:
+        return
+    try:
+        if _os.fstat(fd).st_size < MAX_SLOTS * 8:
+            _os.ftruncate(fd, MAX_SLOTS * 8)
+        mem = mmap(NULL, MAX_SLOTS * 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if mem != MAP_FAILED:
+            fm_slots = <int64_t*>mem
+    except Exception:
+        pass
+    finally:
+        _os.close(fd)
+
+
+_map_slots()
 _refresh_max_spinners()
 
 
 def set_spin(int microseconds):
     """Set the default spin budget (µs) for connections made from now on."""
     global g_spin_us
-    if microseconds < 0:
-        raise ValueError("spin budget must be >= 0")
+    if microseconds < 0 or microseconds > MAX_SPIN_US:
+        raise ValueError("spin budget must be between 0 and %d µs" % MAX_SPIN_US)
     g_spin_us = microseconds
     _refresh_max_spinners()
 
@@ -742,6 +813,7 @@ cdef class Connection:
     cdef public Py_ssize_t max_message
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef public int spin_us         # spin budget before blocking
+    cdef public bint shared_spin    # a client: spinners are counted machine-wide
     cdef int spin_now               # the adaptive budget in force (<= spin_us)
     cdef int spin_misses            # blocking waits since spinning last paid off
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
@@ -894,15 +966,23 @@ cdef class Connection:
         while self.rend - self.rstart < need:
             space = self.rcap - self.rend
             spun = False
-            with nogil:
-                got = c_recv(self.fd, self.rbuf + self.rend, space, MSG_DONTWAIT)
-                err = errno
-                if got < 0 and fm_again(err) and self.spin_now > 0:
-                    if fm_spin_enter():
-                        spun = True
+            # non-blocking, so the GIL stays: releasing it would hand it to
+            # another thread and cost a switch to take it back
+            got = c_recv(self.fd, self.rbuf + self.rend, space, MSG_DONTWAIT)
+            err = errno
+            if got < 0 and fm_again(err) and self.spin_now > 0:
+                with nogil:
+                    if self.shared_spin:
+                        spun = fm_client_enter()
+                    else:
+                        spun = fm_spin_enter()
+                    if spun:
                         got = self._spin_recv(self.rbuf + self.rend, space)
                         err = errno
-                        fm_spin_leave()
+                        if self.shared_spin:
+                            fm_client_leave()
+                        else:
+                            fm_spin_leave()
             if got < 0 and fm_again(err):
                 if spun or self.spin_us > 0:
                     self._adapt(spun, False)
@@ -1063,12 +1143,11 @@ cdef class Connection:
         cdef double deadline = -2.0
         if self.pyio:
             return self._send_pyio(iov, count)
-        if count == 1:
-            # the common case: one buffer, one send(); fall through if partial
-            with nogil:
-                sent = c_send(self.fd, iov[0].iov_base, iov[0].iov_len,
-                              MSG_DONTWAIT | MSG_NOSIGNAL)
-                err = errno
+        if count == 1 and iov[0].iov_len <= <size_t>c_copy_threshold:
+            # the common case: one small buffer, one non-blocking send() with
+            # the GIL kept; fall through if it was partial
+            sent = c_send(self.fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+            err = errno
             if sent >= 0 and <size_t>sent == iov[0].iov_len:
                 return 0
             if sent > 0:

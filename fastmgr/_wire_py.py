@@ -69,15 +69,18 @@ _frame_len64 = struct.Struct("!Q")
 # spin budget (the compiled wire busy-polls this long before blocking; the
 # python wire keeps the number but always blocks at once)
 
-_spin_us = int(os.environ.get("FASTMGR_SPIN_US", "50") or 0)
+#: the largest spin budget (µs), as in the compiled wire
+MAX_SPIN_US = 10000
+
+_spin_us = max(0, min(MAX_SPIN_US, int(os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
 
 
 def set_spin(microseconds):
     """Process-wide default spin budget for new connections (0: never spin)."""
     global _spin_us
     microseconds = int(microseconds)
-    if microseconds < 0:
-        raise ValueError("spin budget must be >= 0, not %d" % microseconds)
+    if microseconds < 0 or microseconds > MAX_SPIN_US:
+        raise ValueError("spin budget must be between 0 and %d µs" % MAX_SPIN_US)
     _spin_us = microseconds
 
 
