@@ -1253,7 +1253,7 @@ cdef class Connection:
         if avail < 4:
             return False
         n = fm_get_i32be(self.rbuf + self.rstart)
-        return n >= 0 and avail - 4 >= n
+        return n >= 0 and n <= self.max_message and avail - 4 >= n
 
     def send_bytes(self, buf, Py_ssize_t offset=0, size=None):
         cdef const unsigned char[::1] view = memoryview(buf).cast("B")
@@ -1556,9 +1556,13 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
             conn._recv_frame(conn.max_message, &start, &size)
         except EOFError:
             return None
+        except ProtocolError:
+            _flush_before_failing(conn)
+            raise
         try:
             request = codec.decode_request_at(conn.rbuf + start, size)
         except ProtocolError:
+            _flush_before_failing(conn)
             raise
         except Exception:
             # well framed, but its contents would not decode (an unpickling
@@ -1583,6 +1587,16 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
         # replies to requests that arrived together leave together
         if conn.wbuf.length and (not conn._has_frame() or conn.wbuf.total() >= c_copy_threshold):
             conn._send_buffer()
+
+
+cdef void _flush_before_failing(Connection conn) noexcept:
+    """The replies to the requests before a bad one still go out."""
+    if conn.wbuf.length and conn.fd >= 0:
+        try:
+            conn._send_buffer()
+        except Exception:
+            pass
+    conn.wbuf.reset()
 
 
 cdef tuple _unencodable(int rkind, result):

@@ -495,16 +495,16 @@ class Connection:
             raise
 
     def _recv_exactly(self, n, deadline):
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
+        # grow as bytes arrive: a peer announcing a huge frame and sending
+        # nothing must not make us allocate it
+        buf = bytearray()
+        while len(buf) < n:
             if deadline is not None:
                 self._wait_readable(deadline)
-            k = self._sock.recv_into(view[got:])
-            if k == 0:
+            chunk = self._sock.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
                 raise EOFError("the peer closed the connection")
-            got += k
+            buf += chunk
         return buf
 
     def _wait_readable(self, deadline):

@@ -156,7 +156,7 @@ class BaseManager:
         self.shutdown = util.Finalize(
             self, type(self)._finalize_manager,
             args=(self._process, self._address, self._authkey, self._state,
-                  self._serializer, self._shutdown_timeout),
+                  self._serializer, self._shutdown_timeout, self._client_ssl()),
             exitpriority=0,
         )
 
@@ -180,12 +180,13 @@ class BaseManager:
         replaces this method with the finalizer that does the work)."""
 
     @staticmethod
-    def _finalize_manager(proc, address, authkey, state, serializer, shutdown_timeout):
+    def _finalize_manager(proc, address, authkey, state, serializer, shutdown_timeout,
+                          ssl_context=None):
         if proc.is_alive():
             util.info("sending shutdown message to manager")
             try:
                 conn = Client(address, authkey, wire.Codec(serializer), hello=_Session.id,
-                              timeout=shutdown_timeout)
+                              timeout=shutdown_timeout, ssl_context=ssl_context)
                 try:
                     conn.timeout = shutdown_timeout
                     conn.call(0, "shutdown")

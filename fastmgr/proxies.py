@@ -152,9 +152,11 @@ class Peer:
     def _failed(self, conn, exc):
         """After a failed call: a broken or closed connection is dropped (the
         next call makes a new one); a vanished server is ManagerGone."""
-        if isinstance(exc, (EOFError, ConnectionError, ProtocolError)) or conn.closed:
+        unreachable = isinstance(exc, OSError) and exc.errno in _UNREACHABLE
+        if isinstance(exc, (EOFError, ConnectionError, ProtocolError)) or unreachable or conn.closed:
             self._drop(conn)
-        if isinstance(exc, (EOFError, ConnectionError)) and not isinstance(exc, ManagerGone):
+        if (isinstance(exc, (EOFError, ConnectionError)) or unreachable) and not isinstance(
+                exc, ManagerGone):
             raise ManagerGone("the manager at %r is gone: %s" % (self.address, exc)) from exc
 
     def control(self, method, /, *args, **kwds):
@@ -212,6 +214,9 @@ class Peer:
         """In a forked child: the parent's connections and references are not
         ours.  Proxies inherited from the parent keep working on new
         connections; _reacquire() takes references for them."""
+        for conn in (self.anchor, getattr(self.tls, "conn", None)):
+            if conn is not None:
+                conn.close()  # this process's copy; the parent's stays open
         self.tls = threading.local()
         self.lock = threading.Lock()
         self.anchor = None
@@ -291,10 +296,19 @@ def peer_for(address, authkey, serializer):
 
 
 def forget_peer(address):
-    """A manager shut down: drop this process's links to it."""
+    """A manager shut down: drop this process's links to it, closing the
+    anchor and the calling thread's connection (a proxy used later makes a
+    new one, and learns that the manager is gone)."""
     with _peers_lock:
-        for key in [k for k in _peers if k[0] == address]:
-            del _peers[key]
+        gone = [_peers.pop(key) for key in [k for k in _peers if k[0] == address]]
+    for peer in gone:
+        with peer.lock:
+            anchor, peer.anchor = peer.anchor, None
+        if anchor is not None:
+            anchor.close()
+        conn = getattr(peer.tls, "conn", None)
+        if conn is not None:
+            peer._drop(conn)
 
 
 def _after_fork_in_child():

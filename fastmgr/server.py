@@ -23,6 +23,9 @@ from .errors import AuthenticationError
 __all__ = ["Server", "public_methods", "all_methods"]
 
 log = logging.getLogger("fastmgr.server")
+# silent unless the program configures logging (as `fastmgr serve` does): a
+# flood of refused peers must not write to a stderr nobody reads
+log.addHandler(logging.NullHandler())
 
 #: the session of references held by proxies that live in the server itself
 LOCAL_SESSION = b"local"

@@ -70,3 +70,14 @@ def manager(impl):
     m.start()
     yield m
     m.shutdown()
+
+
+def child_env(**extra):
+    """The environment for a child Python that must import the fastmgr under
+    test (installed, or this checkout when run from it)."""
+    import fastmgr
+
+    root = os.path.dirname(os.path.dirname(fastmgr.__file__))
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env

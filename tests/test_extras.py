@@ -12,7 +12,7 @@ import pytest
 
 import fastmgr
 from _extras_helpers import TRACKING, append_from_child, report_managers_module
-from conftest import managers_module
+from conftest import child_env, managers_module
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -173,10 +173,8 @@ if __name__ == "__main__":
 def test_seed_example(tmp_path, way):
     script = tmp_path / "seed.py"
     script.write_text(textwrap.dedent(SEED))
-    # the fastmgr under test, wherever it was imported from
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastmgr.__file__)))
     out = subprocess.run([sys.executable, str(script), way], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path, env=env)
+                         timeout=60, cwd=tmp_path, env=child_env())
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "Namespace(x=10, y='hello')"
