@@ -10,6 +10,7 @@ import hmac
 import os
 import select
 import socket
+import ssl
 import struct
 import time
 import traceback
@@ -454,8 +455,8 @@ class Connection:
         if self._timeout is not None:
             sock.settimeout(self._timeout)  # a bound on the whole send
         try:
-            if n <= COPY_THRESHOLD:
-                sock.sendall(header + body)
+            if n <= COPY_THRESHOLD or isinstance(sock, ssl.SSLSocket):
+                sock.sendall(header + body)  # (an SSLSocket has no sendmsg)
             else:
                 sent = sock.sendmsg([header, body])
                 if sent < len(header):  # a short sendmsg: finish the job in order
@@ -515,6 +516,8 @@ class Connection:
             raise TimeoutError("no complete message within %r seconds" % self._timeout)
 
     def _readable(self, timeout):
+        if getattr(self._sock, "pending", None) and self._sock.pending():
+            return True  # TLS: decrypted bytes wait in the SSL object
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
         ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
