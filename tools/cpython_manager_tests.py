@@ -94,7 +94,7 @@ def _check_implementation(impl, require_installed=False):
         if require_installed:
             for path in (fastmgr.__file__, fastmgr._backend.wire.__file__):
                 path = os.path.realpath(path)
-                if path.startswith(os.path.realpath(PROJECT) + os.sep):
+                if path.startswith(os.path.join(os.path.realpath(PROJECT), "fastmgr") + os.sep):
                     sys.exit("error: %s is the source tree's, not the installed copy" % path)
         if mpm.SyncManager is not fastmgr.SyncManager or mpm.BaseManager is not fastmgr.BaseManager:
             sys.exit("error: multiprocessing.managers is not fastmgr's after fastmgr.install()")
