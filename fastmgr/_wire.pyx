@@ -78,6 +78,9 @@ cdef extern from "<sys/socket.h>" nogil:
     enum: MSG_DONTWAIT
     enum: MSG_NOSIGNAL
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "<time.h>" nogil:
     struct timespec:
         long tv_sec
@@ -126,10 +129,11 @@ cdef extern from *:
         return 1;
     }
     static inline void fm_spin_leave(void) { __atomic_sub_fetch(&fm_spinners, 1, __ATOMIC_RELAXED); }
-    /* Client spinners are counted across processes, in slots of a small
-       shared mapping (one per user): each slot holds the monotonic time its
+    /* Spinners are counted across processes, in slots of a small shared
+       mapping (one per user): each slot holds the monotonic time its
        spinner began, 0 when free; a slot older than FM_STALE_NS belonged to
-       a process that died mid-spin and may be taken. */
+       a process that died mid-spin and may be taken.  Without the mapping,
+       spinners are counted per process. */
     #define FM_STALE_NS 50000000LL
     static int64_t *fm_slots = NULL;
     static int fm_client_max = 0;
@@ -140,7 +144,7 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
-    static inline int fm_client_enter(void) {
+    static inline int fm_slot_enter(void) {
         int i;
         int64_t now, v;
         if (fm_slots == NULL) return fm_spin_enter();
@@ -157,7 +161,7 @@ cdef extern from *:
         }
         return 0;
     }
-    static inline void fm_client_leave(void) {
+    static inline void fm_slot_leave(void) {
         int64_t v = fm_slot_stamp;
         if (fm_slots == NULL) { fm_spin_leave(); return; }
         __atomic_compare_exchange_n(&fm_slots[fm_slot], &v, 0, 0,
@@ -181,8 +185,8 @@ cdef extern from *:
     void fm_spin_leave() nogil
     int64_t* fm_slots
     int fm_client_max
-    int fm_client_enter() nogil
-    void fm_client_leave() nogil
+    int fm_slot_enter() nogil
+    void fm_slot_leave() nogil
     bint fm_again(int e) nogil
     void fm_set_errno(int e) nogil
 
@@ -224,20 +228,20 @@ cdef uint64_t U32_LIMIT = 0x100000000
 # ---------------------------------------------------------------------------
 # Spin policy
 
+cdef bint g_spin_yield = _os.environ.get("FASTMGR_SPIN_YIELD", "1") != "0"
 cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
 
 
 cdef void _refresh_max_spinners() noexcept:
-    """Spinning pays only with a free CPU for the peer.  A server process
-    lets ncpu-1 of its threads spin; client connections, ncpu-1 spinners on
-    the whole machine (counted in the shared slots).  None spin when this
-    process may use a single CPU."""
+    """Spinning pays only with a free CPU for the peer: no more spinners
+    than CPUs on the whole machine (counted in the shared slots), and none
+    when this process may use a single CPU."""
     global fm_max_spinners, fm_client_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = _os.cpu_count() or 1
-    fm_max_spinners = ncpu - 1 if ncpu > 1 else 0
+    fm_max_spinners = ncpu if ncpu > 1 else 0
     fm_client_max = min(fm_max_spinners, MAX_SLOTS)
 
 
@@ -813,7 +817,6 @@ cdef class Connection:
     cdef public Py_ssize_t max_message
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef public int spin_us         # spin budget before blocking
-    cdef public bint shared_spin    # a client: spinners are counted machine-wide
     cdef int spin_now               # the adaptive budget in force (<= spin_us)
     cdef int spin_misses            # blocking waits since spinning last paid off
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
@@ -939,6 +942,10 @@ cdef class Connection:
                 return got
             if _now() >= until:
                 return -1
+            if g_spin_yield:
+                # a peer (or anyone) waiting for this CPU gets it: spinning
+                # must never starve the thread we are waiting for
+                sched_yield()
 
     cdef int _fill(self, Py_ssize_t need, double deadline) except -1:
         """Read until rbuf holds at least need unconsumed bytes.
@@ -972,17 +979,11 @@ cdef class Connection:
             err = errno
             if got < 0 and fm_again(err) and self.spin_now > 0:
                 with nogil:
-                    if self.shared_spin:
-                        spun = fm_client_enter()
-                    else:
-                        spun = fm_spin_enter()
+                    spun = fm_slot_enter()
                     if spun:
                         got = self._spin_recv(self.rbuf + self.rend, space)
                         err = errno
-                        if self.shared_spin:
-                            fm_client_leave()
-                        else:
-                            fm_spin_leave()
+                        fm_slot_leave()
             if got < 0 and fm_again(err):
                 if spun or self.spin_us > 0:
                     self._adapt(spun, False)

@@ -131,7 +131,6 @@ def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=No
     if max_message:
         kwargs["max_message"] = max_message
     conn = wire.Connection(sock, **kwargs)
-    conn.shared_spin = True
     try:
         conn.timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
         wire.answer_challenge(conn, bytes(authkey), hello)

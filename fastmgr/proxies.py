@@ -153,7 +153,8 @@ class Peer:
         """After a failed call: a broken or closed connection is dropped (the
         next call makes a new one); a vanished server is ManagerGone."""
         unreachable = isinstance(exc, OSError) and exc.errno in _UNREACHABLE
-        if isinstance(exc, (EOFError, ConnectionError, ProtocolError)) or unreachable or conn.closed:
+        if (isinstance(exc, (EOFError, ConnectionError, ProtocolError)) or unreachable
+                or conn.closed):
             self._drop(conn)
         if (isinstance(exc, (EOFError, ConnectionError)) or unreachable) and not isinstance(
                 exc, ManagerGone):
