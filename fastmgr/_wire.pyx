@@ -220,6 +220,8 @@ cdef enum:
     MAX_SLOTS = 64
     # the largest spin budget (µs); see FM_STALE_NS
     MAX_SPIN_US = 10000
+    # spins between two looks at the CPUs this process may use
+    SPINS_PER_REFRESH = 4096
 
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
@@ -228,6 +230,7 @@ cdef uint64_t U32_LIMIT = 0x100000000
 # ---------------------------------------------------------------------------
 # Spin policy
 
+cdef int g_spins = 0   # spins since _refresh_max_spinners() last ran
 cdef bint g_spin_yield = _os.environ.get("FASTMGR_SPIN_YIELD", "1") != "0"
 cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
 
@@ -1059,6 +1062,13 @@ cdef class Connection:
     cdef void _adapt(self, bint spun, bint paid) noexcept:
         """Grow the spin budget when spinning catches the message, shrink it
         when it does not, and try again now and then after it reached zero."""
+        global g_spins
+        if spun:
+            g_spins += 1
+            if g_spins >= SPINS_PER_REFRESH:
+                # pinned to one CPU since?  then spinning only gets in the way
+                g_spins = 0
+                _refresh_max_spinners()
         if spun and paid:
             self.spin_misses = 0
             if self.spin_now < self.spin_us:

@@ -25,7 +25,9 @@ class Namespace:
 class NamespaceProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
 
-    def __getattr__(self, key):
+    def __getattribute__(self, key):
+        # every public name is the referent's (no lookup on the proxy first,
+        # which would fail and cost an exception per read)
         if key[0] == "_":
             return object.__getattribute__(self, key)
         return object.__getattribute__(self, "_callmethod")("__getattribute__", (key,))
