@@ -9,7 +9,8 @@ Besides per-op times there are three other kinds of row:
 
 - ``throughput, N clients``: N forked client processes, each connected to
   the one manager, call a method in a loop for a fixed window; the figure is
-  the total calls/s (speedup = fastmgr / stdlib);
+  the total calls/s, median of three windows alternating between the
+  implementations (speedup = fastmgr / stdlib);
 - ``..., 1 CPU``: the op with the benchmark process and the manager's server
   process (every thread of both) pinned to one CPU;
 - ``socket floor, 1 MiB``: a bare ping-pong between two processes over a
@@ -395,20 +396,25 @@ def _measure_time_op(op, rounds, scale):
             m.shutdown()
 
 
-def _measure_clients(op, rounds, scale):
-    seconds = max(0.1, scale)
-    result = {}
-    for impl in IMPLEMENTATIONS:
-        manager = start_manager(impl, op.address)
-        clients = None
-        try:
-            clients = Clients(impl, manager, op.n)
-            result[impl] = clients.run(seconds=seconds)
-        finally:
-            if clients is not None:
-                clients.close()
-            manager.shutdown()
-    return result
+def _measure_clients(op, rounds, scale, windows=3):
+    """Median calls/s over `windows` alternating windows per implementation,
+    both managers and all clients up throughout."""
+    seconds = max(0.1, 0.6 * scale)
+    managers, clients = {}, {}
+    samples = {impl: [] for impl in IMPLEMENTATIONS}
+    try:
+        for impl in IMPLEMENTATIONS:
+            managers[impl] = start_manager(impl, op.address)
+            clients[impl] = Clients(impl, managers[impl], op.n)
+        for _ in range(windows):
+            for impl in IMPLEMENTATIONS:
+                samples[impl].append(clients[impl].run(seconds=seconds))
+    finally:
+        for impl in clients:
+            clients[impl].close()
+        for impl in managers:
+            managers[impl].shutdown()
+    return {impl: statistics.median(s) for impl, s in samples.items()}
 
 
 def measure_op(op, rounds=5, scale=1.0):

@@ -1081,7 +1081,7 @@ cdef class Connection:
                 # now and then, look again: the CPUs we may use can change
                 self.spin_misses = 0
                 _refresh_max_spinners()
-                self.spin_now = max(1, self.spin_us // 4)
+                self.spin_now = self.spin_us
 
     cdef int _recv_frame(self, Py_ssize_t limit, Py_ssize_t* start, Py_ssize_t* size) except -1:
         """Receive one frame; its body is rbuf[start:start + size] until the
