@@ -10,7 +10,6 @@ the machine, so they are repeatable where wall-clock times are not.
 """
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys

@@ -10,10 +10,8 @@ leaves nothing behind.  Ident 0 on every connection is that connection's
 """
 import itertools
 import logging
-import os
 import sys
 import threading
-import traceback
 from multiprocessing import process
 
 from ._backend import wire

@@ -2,7 +2,6 @@
 proxies freed, and the documented seed example."""
 import gc
 import multiprocessing
-import os
 import subprocess
 import sys
 import textwrap

@@ -23,7 +23,7 @@ import time
 import pytest
 
 import _reliability_helpers as H
-from fastmgr import AuthenticationError, ManagerGone
+from fastmgr import AuthenticationError
 from fastmgr import _protocol as P
 from fastmgr.connection import Client
 from conftest import child_env
