@@ -136,7 +136,7 @@ cdef extern from *:
        spinners are counted per process. */
     #define FM_STALE_NS 50000000LL
     static int64_t *fm_slots = NULL;
-    static int fm_client_max = 0;
+    static int fm_slot_max = 0;
     static __thread int fm_slot = -1;
     static __thread int64_t fm_slot_stamp = 0;
     static inline int64_t fm_now_ns(void) {
@@ -149,7 +149,7 @@ cdef extern from *:
         int64_t now, v;
         if (fm_slots == NULL) return fm_spin_enter();
         now = fm_now_ns();
-        for (i = 0; i < fm_client_max; i++) {
+        for (i = 0; i < fm_slot_max; i++) {
             v = __atomic_load_n(&fm_slots[i], __ATOMIC_RELAXED);
             if ((v == 0 || now - v > FM_STALE_NS) &&
                 __atomic_compare_exchange_n(&fm_slots[i], &v, now, 0,
@@ -184,7 +184,7 @@ cdef extern from *:
     int fm_spin_enter() nogil
     void fm_spin_leave() nogil
     int64_t* fm_slots
-    int fm_client_max
+    int fm_slot_max
     int fm_slot_enter() nogil
     void fm_slot_leave() nogil
     bint fm_again(int e) nogil
@@ -239,13 +239,13 @@ cdef void _refresh_max_spinners() noexcept:
     """Spinning pays only with a free CPU for the peer: no more spinners
     than CPUs on the whole machine (counted in the shared slots), and none
     when this process may use a single CPU."""
-    global fm_max_spinners, fm_client_max
+    global fm_max_spinners, fm_slot_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = _os.cpu_count() or 1
     fm_max_spinners = ncpu if ncpu > 1 else 0
-    fm_client_max = min(fm_max_spinners, MAX_SLOTS)
+    fm_slot_max = min(fm_max_spinners, MAX_SLOTS)
 
 
 cdef void _map_slots() noexcept:
