@@ -72,10 +72,6 @@ class Listener:
         sock, self.last_accepted = self._sock.accept()
         return sock, self.last_accepted
 
-    def accept(self):
-        """The next connection, not yet authenticated."""
-        return self.wrap(self.accept_socket()[0])
-
     def wrap(self, sock, ssl_context=None):
         """A connection over an accepted socket; with ssl_context, the TLS
         handshake happens here, bounded by HANDSHAKE_TIMEOUT."""

@@ -22,7 +22,7 @@ own requests) stay synchronous.
 """
 from . import _protocol as P
 from ._backend import wire
-from .proxies import AutoProxy, BaseProxy, Token, _proxytypes, build_proxy, reply_error
+from .proxies import BaseProxy, proxy_from_reply, reply_error
 
 __all__ = ["pipeline", "oneway", "Pipeline"]
 
@@ -46,22 +46,16 @@ class Pipeline:
         self._window = window
         self._pipe = None
         self._conn = None
-        self._pendings = []
 
     def _resolve(self, kind, value):
         if kind == P.RESP_PROXY:
-            typeid, ident, exposed = value
-            proxytype = _proxytypes.get(typeid, AutoProxy)
-            return build_proxy(proxytype, Token(typeid, self._address, ident),
-                               self._peer.codec.serializer, None, self._peer.authkey, exposed)
+            return proxy_from_reply(value, self._address, self._peer.codec.serializer, None,
+                                    self._peer.authkey)
         raise reply_error(kind, value)
 
     def __enter__(self):
         peer = self._peer
-        try:
-            conn = peer.tls.conn
-        except AttributeError:
-            conn = peer._connect()
+        conn = peer.connection()
         if isinstance(conn, wire.Pipeline):
             raise RuntimeError("this thread is already pipelining to %r" % (self._address,))
         self._conn = conn
@@ -108,10 +102,7 @@ class _Oneway:
     def _send(self, method, args, kwds=None):
         proxy = self._proxy
         peer = proxy._peer
-        try:
-            conn = peer.tls.conn
-        except AttributeError:
-            conn = peer._connect()
+        conn = peer.connection()
         try:
             conn.send_request(P.REQ_ONEWAY, proxy._id, method, args, kwds or None)
         except BaseException as exc:

@@ -135,12 +135,16 @@ class Peer:
         if getattr(self.tls, "conn", None) is conn:
             del self.tls.conn
 
+    def connection(self):
+        """The calling thread's connection, made on first use."""
+        try:
+            return self.tls.conn
+        except AttributeError:
+            return self._connect()
+
     def call(self, ident, method, /, args=(), kwds=None):
         """One request on the calling thread's connection: (kind, value)."""
-        try:
-            conn = self.tls.conn
-        except AttributeError:
-            conn = self._connect()
+        conn = self.connection()
         if self.dead:
             self._flush(conn)
         try:
@@ -396,6 +400,18 @@ class _Adopting(threading.local):
 _adopting = _Adopting()
 
 
+def proxy_from_reply(result, address, serializer, manager, authkey):
+    """The proxy a RESP_PROXY reply stands for: the proxy type that the
+    manager (or else any manager class) registered for its typeid."""
+    typeid, ident, exposed = result
+    if manager is not None and typeid in manager._registry:
+        proxytype = manager._registry[typeid][-1]
+    else:
+        proxytype = _proxytypes.get(typeid, AutoProxy)
+    return build_proxy(proxytype, Token(typeid, address, ident), serializer, manager, authkey,
+                       exposed)
+
+
 def build_proxy(proxytype, token, serializer, manager, authkey, exposed):
     """A proxy for a reference that the server counted for this process."""
     _adopting.on = True
@@ -442,7 +458,8 @@ class BaseProxy:
 
     def _callmethod(self, methodname, args=(), kwds={}):
         """Call methodname on the referent and return a copy of the result."""
-        # Peer.call() inlined: this is the path every proxy call takes
+        # Peer.call() with Peer.connection() inlined: this is the path every
+        # proxy call takes
         peer = self._peer
         try:
             conn = peer.tls.conn
@@ -465,14 +482,8 @@ class BaseProxy:
             del result  # else exception -> traceback -> this frame -> exception
 
     def _proxy_from_reply(self, result):
-        typeid, ident, exposed = result
-        token = Token(typeid, self._token.address, ident)
-        if self._manager is not None and typeid in self._manager._registry:
-            proxytype = self._manager._registry[typeid][-1]
-        else:
-            proxytype = _proxytypes.get(typeid, AutoProxy)
-        return build_proxy(proxytype, token, self._serializer, self._manager, self._authkey,
-                           exposed)
+        return proxy_from_reply(result, self._token.address, self._serializer, self._manager,
+                                self._authkey)
 
     def _set_timeout(self, seconds):
         """Bound this proxy's calls to seconds (None: the manager's default).
@@ -516,11 +527,7 @@ class BaseProxy:
 
 def _timed_callmethod(proxy, timeout, methodname, args=(), kwds={}):
     """_callmethod with this proxy's own timeout on the thread's connection."""
-    peer = proxy._peer
-    try:
-        conn = peer.tls.conn
-    except AttributeError:
-        conn = peer._connect()
+    conn = proxy._peer.connection()
     if not isinstance(conn, wire.Connection):  # a pipeline: its calls do not wait
         return BaseProxy._callmethod(proxy, methodname, args, kwds)
     saved, conn.timeout = conn.timeout, timeout
