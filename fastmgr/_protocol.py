@@ -145,6 +145,7 @@ WIRE_API = (
     "deliver_challenge",
     "answer_challenge",
     "serve_connection",
+    "Hub",
     "set_spin",
     "get_spin",
 )

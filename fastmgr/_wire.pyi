@@ -84,8 +84,10 @@ def serve_connection(conn: Connection, table: dict, control: tuple,
                      make_proxy: Callable[[str, Any], tuple]) -> None:
     """The server's loop for one connection, until the peer closes.
 
-    ``table`` maps ident -> (obj, exposed, method_to_typeid): ``exposed`` is
-    a set of method names, ``method_to_typeid`` a dict or None.  Ident 0 is
+    ``table`` maps ident -> (obj, exposed, method_to_typeid, thread_bound):
+    ``exposed`` is a set of method names, ``method_to_typeid`` a dict or
+    None, ``thread_bound`` whether calls on obj need the connection's own
+    thread (see Hub).  Ident 0 is
     ``control``, an entry of the same shape.  For a method not in
     ``exposed``, ``fallback(ident, obj, method, args, kwds)`` answers (it
     raises AttributeError for names it does not know).  A result of a method
@@ -95,3 +97,28 @@ def serve_connection(conn: Connection, table: dict, control: tuple,
     failures and results that cannot be encoded become RESP_FAILURE.
     Returns when the peer closes; raises ProtocolError on a malformed frame
     (the caller then closes the connection)."""
+
+
+class Hub:
+    """Serves connections for one server: ``table`` and ``fallback`` as for
+    serve_connection; ``start_thread(fn, *args)`` runs fn in a new daemon
+    thread.  The compiled hub serves every connection from one loop thread
+    (spinning ``spin_us`` µs, then waiting in epoll) and gives a connection
+    a thread of its own (running serve_connection) when a request names a
+    thread-bound object, when its frame header needs care, or when a call
+    or send keeps the loop for long (a watchdog then starts a new loop
+    thread).  The pure-Python hub gives every connection its own thread."""
+
+    closed: bool
+    def __init__(self, table: dict, fallback: Callable[..., Any],
+                 start_thread: Callable[..., None], spin_us: Optional[int] = None) -> None: ...
+    def add(self, conn: Connection, control: tuple, make_proxy: Callable[[str, Any], tuple],
+            finished: Callable[[Optional[BaseException]], None]) -> None:
+        """Serve conn; ``finished(exc)`` is called once when that ends, with
+        the exception that ended it or None when the peer closed.  The hub
+        closes conn before."""
+    def close(self) -> None:
+        """Stop the loop threads (open connections stay the caller's)."""
+    def stats(self) -> dict:
+        """{"connections": in the loop now, "replacements": loop threads
+        replaced when stuck, "handovers": connections given their own thread}."""

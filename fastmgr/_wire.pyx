@@ -81,6 +81,34 @@ cdef extern from "<sys/socket.h>" nogil:
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+    enum: EPOLLIN
+    enum: EPOLL_CTL_ADD
+    enum: EPOLL_CTL_DEL
+    enum: EPOLL_CLOEXEC
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum: EFD_CLOEXEC
+    enum: EFD_NONBLOCK
+
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
+    ssize_t c_read "read"(int fd, void* buf, size_t n)
+    ssize_t c_write "write"(int fd, const void* buf, size_t n)
+    int usleep(unsigned int usec)
+
 cdef extern from "<time.h>" nogil:
     struct timespec:
         long tv_sec
@@ -167,6 +195,9 @@ cdef extern from *:
         __atomic_compare_exchange_n(&fm_slots[fm_slot], &v, 0, 0,
                                     __ATOMIC_RELEASE, __ATOMIC_RELAXED);
     }
+    /* flags shared between a hub's loop thread and its watchdog */
+    static inline long fm_load(long *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void fm_store(long *p, long v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
     #include <errno.h>
     static inline int fm_again(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
     static inline void fm_set_errno(int e) { errno = e; }
@@ -188,6 +219,8 @@ cdef extern from *:
     int fm_slot_enter() nogil
     void fm_slot_leave() nogil
     bint fm_again(int e) nogil
+    long fm_load(long* p) nogil
+    void fm_store(long* p, long v) nogil
     void fm_set_errno(int e) nogil
 
 
@@ -284,6 +317,32 @@ def set_spin(int microseconds):
 
 def get_spin():
     return g_spin_us
+
+
+cdef void _adapt_spin(int* now, int* misses, int budget, bint spun, bint paid) noexcept:
+    """Grow a spin budget (now, at most budget µs) when spinning caught the
+    message, shrink it when it did not, and try again now and then after
+    it reached zero; misses counts blocking waits since spinning paid."""
+    global g_spins
+    if spun:
+        g_spins += 1
+        if g_spins >= SPINS_PER_REFRESH:
+            # pinned to one CPU since?  then spinning only gets in the way
+            g_spins = 0
+            _refresh_max_spinners()
+    if spun and paid:
+        misses[0] = 0
+        if now[0] < budget:
+            now[0] = min(budget, now[0] * 2)
+    elif spun:
+        now[0] //= 2
+    else:
+        misses[0] += 1
+        if misses[0] >= 64:
+            # now and then, look again: the CPUs we may use can change
+            misses[0] = 0
+            _refresh_max_spinners()
+            now[0] = budget
 
 
 cdef inline double _now() noexcept nogil:
@@ -898,6 +957,17 @@ cdef class Connection:
 
     # -- waiting ------------------------------------------------------------
 
+    cdef int _check_signals(self) except -1:
+        """Run pending signal handlers; one that raises also closes the
+        connection, whose reply would otherwise be read as the answer to
+        the next call."""
+        try:
+            PyErr_CheckSignals()
+        except BaseException:
+            self.close()
+            raise
+        return 0
+
     cdef short _wait(self, short events, double deadline) except -1:
         """Block until fd is ready for events or the deadline passes (then
         close and raise TimeoutError). Signals are checked on EINTR; an
@@ -910,11 +980,7 @@ cdef class Connection:
         pfd.events = events
         while True:
             # a signal that came while we spun (or before an EINTR) is seen here
-            try:
-                PyErr_CheckSignals()
-            except BaseException:
-                self.close()
-                raise
+            self._check_signals()
             if deadline < 0:
                 ms = -1
             else:
@@ -990,20 +1056,26 @@ cdef class Connection:
             if got < 0 and fm_again(err):
                 if spun or self.spin_us > 0:
                     self._adapt(spun, False)
-                self._wait(POLLIN, deadline)
-                continue
-            if spun:
+                if deadline >= 0:
+                    self._wait(POLLIN, deadline)
+                    continue
+                # no deadline: block in recv itself, a syscall fewer than
+                # poll then recv (a signal interrupts it with EINTR)
+                self._check_signals()
+                with nogil:
+                    got = c_recv(self.fd, self.rbuf + self.rend, space, 0)
+                    err = errno
+                if got < 0 and fm_again(err):
+                    self._wait(POLLIN, deadline)
+                    continue
+            elif spun:
                 self._adapt(True, True)
             if got > 0:
                 self.rend += got
             elif got == 0:
                 raise EOFError("the peer closed the connection")
             elif err == EINTR:
-                try:
-                    PyErr_CheckSignals()
-                except BaseException:
-                    self.close()
-                    raise
+                self._check_signals()
             else:
                 fm_set_errno(err)
                 PyErr_SetFromErrno(OSError)
@@ -1059,29 +1131,8 @@ cdef class Connection:
             raise TimeoutError("timed out after %.3g s sending to the peer" % self._timeout)
         return 0
 
-    cdef void _adapt(self, bint spun, bint paid) noexcept:
-        """Grow the spin budget when spinning catches the message, shrink it
-        when it does not, and try again now and then after it reached zero."""
-        global g_spins
-        if spun:
-            g_spins += 1
-            if g_spins >= SPINS_PER_REFRESH:
-                # pinned to one CPU since?  then spinning only gets in the way
-                g_spins = 0
-                _refresh_max_spinners()
-        if spun and paid:
-            self.spin_misses = 0
-            if self.spin_now < self.spin_us:
-                self.spin_now = min(self.spin_us, self.spin_now * 2)
-        elif spun:
-            self.spin_now //= 2
-        else:
-            self.spin_misses += 1
-            if self.spin_misses >= 64:
-                # now and then, look again: the CPUs we may use can change
-                self.spin_misses = 0
-                _refresh_max_spinners()
-                self.spin_now = self.spin_us
+    cdef inline void _adapt(self, bint spun, bint paid) noexcept:
+        _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, spun, paid)
 
     cdef int _recv_frame(self, Py_ssize_t limit, Py_ssize_t* start, Py_ssize_t* size) except -1:
         """Receive one frame; its body is rbuf[start:start + size] until the
@@ -1265,6 +1316,50 @@ cdef class Connection:
             return False
         n = fm_get_i32be(self.rbuf + self.rstart)
         return n >= 0 and n <= self.max_message and avail - 4 >= n
+
+    cdef int _frame_state(self) noexcept:
+        """For a hub: 1 when rbuf holds the whole next frame, 0 when more
+        bytes must come first, -1 when its header needs _recv_frame()'s
+        care (too large, malformed, or a frame of over 2 GiB)."""
+        cdef Py_ssize_t avail = self.rend - self.rstart
+        cdef int n
+        if avail < 4:
+            return 0
+        n = fm_get_i32be(self.rbuf + self.rstart)
+        if n < 0 or n > self.max_message:
+            return -1
+        return 1 if avail - 4 >= n else 0
+
+    cdef Py_ssize_t _hub_read(self) except -2:
+        """One non-blocking read, with room made for the whole frame in
+        progress. Returns the bytes read, 0 at EOF, -1 if none had come."""
+        cdef Py_ssize_t have = self.rend - self.rstart
+        cdef Py_ssize_t need = 4096
+        cdef ssize_t got
+        cdef unsigned char* nbuf
+        self._check_open()
+        if self._frame_state() == 0 and have >= 4:
+            need = 4 + fm_get_i32be(self.rbuf + self.rstart) - have
+        if self.rcap - self.rend < need:
+            memmove(self.rbuf, self.rbuf + self.rstart, have)
+            self.rstart = 0
+            self.rend = have
+            if self.rcap - have < need:
+                nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, have + need)
+                if nbuf == NULL:
+                    raise MemoryError()
+                self.rbuf = nbuf
+                self.rcap = have + need
+        got = c_recv(self.fd, self.rbuf + self.rend, self.rcap - self.rend, MSG_DONTWAIT)
+        if got > 0:
+            self.rend += got
+            return got
+        if got == 0:
+            return 0
+        if fm_again(errno) or errno == EINTR:
+            return -1
+        PyErr_SetFromErrno(OSError)
+        return -2
 
     def send_bytes(self, buf, Py_ssize_t offset=0, size=None):
         cdef const unsigned char[::1] view = memoryview(buf).cast("B")
@@ -1556,11 +1651,7 @@ def answer_challenge(Connection conn, authkey, hello=b""):
 def serve_connection(Connection conn, dict table, tuple control, fallback, make_proxy):
     """Receive, decode, look up, check exposure, call, encode, send; until
     the peer closes (see _wire.pyi for the contract)."""
-    cdef Codec codec = conn.codec
     cdef Py_ssize_t start, size
-    cdef int kind, rkind
-    cdef tuple request, substitute
-    cdef object result = None
     cdef _Reply reply = _Reply()
     while True:
         try:
@@ -1570,34 +1661,44 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
         except ProtocolError:
             _flush_before_failing(conn)
             raise
-        try:
-            request = codec.decode_request_at(conn.rbuf + start, size)
-        except ProtocolError:
-            _flush_before_failing(conn)
-            raise
-        except Exception:
-            # well framed, but its contents would not decode (an unpickling
-            # error, say): the caller learns why, the connection goes on
-            kind = conn.rbuf[start]
-            conn._shrink()
-            rkind = RESP_FAILURE
-            result = _traceback.format_exc()
-        else:
-            conn._shrink()
-            kind = request[0]
-            rkind = _dispatch(request, table, control, fallback, make_proxy, reply)
-            result = reply.value
-            reply.value = None
-        if kind != REQ_ONEWAY:
-            try:
-                conn._queue_response(rkind, result)
-            except Exception:
-                substitute = _unencodable(rkind, result)
-                conn._queue_response(substitute[0], substitute[1])
-        result = None
+        _serve_frame(conn, start, size, table, control, fallback, make_proxy, reply)
         # replies to requests that arrived together leave together
         if conn.wbuf.length and (not conn._has_frame() or conn.wbuf.total() >= c_copy_threshold):
             conn._send_buffer()
+
+
+cdef int _serve_frame(Connection conn, Py_ssize_t start, Py_ssize_t size, dict table,
+                      tuple control, fallback, make_proxy, _Reply reply) except -1:
+    """Decode and run the request in rbuf[start:start + size]; queue its
+    reply in wbuf (not sent yet)."""
+    cdef int kind, rkind
+    cdef tuple request, substitute
+    cdef object result
+    try:
+        request = conn.codec.decode_request_at(conn.rbuf + start, size)
+    except ProtocolError:
+        _flush_before_failing(conn)
+        raise
+    except Exception:
+        # well framed, but its contents would not decode (an unpickling
+        # error, say): the caller learns why, the connection goes on
+        kind = conn.rbuf[start]
+        conn._shrink()
+        rkind = RESP_FAILURE
+        result = _traceback.format_exc()
+    else:
+        conn._shrink()
+        kind = request[0]
+        rkind = _dispatch(request, table, control, fallback, make_proxy, reply)
+        result = reply.value
+        reply.value = None
+    if kind != REQ_ONEWAY:
+        try:
+            conn._queue_response(rkind, result)
+        except Exception:
+            substitute = _unencodable(rkind, result)
+            conn._queue_response(substitute[0], substitute[1])
+    return 0
 
 
 cdef void _flush_before_failing(Connection conn) noexcept:
@@ -1673,3 +1774,348 @@ cdef int _dispatch(tuple request, dict table, tuple control, fallback, make_prox
                 return RESP_FAILURE
     out.value = result
     return RESP_RETURN
+
+
+# ---------------------------------------------------------------------------
+# The hub: one thread serves every idle-or-quick connection
+
+cdef enum:
+    MAX_EVENTS = 64
+    # _Hub._serve_ready() outcomes
+    SERVED = 0          # go on with the next ready connection
+    REPLACED = 1        # this thread was replaced mid-call: it now owns the connection
+    OWN_THREAD = 2      # the connection needs a thread of its own from now on
+
+
+@cython.final
+cdef class _Served:
+    """A connection in a hub's care."""
+    cdef Connection conn
+    cdef tuple control
+    cdef object make_proxy
+    cdef object finished        # finished(exc or None), once, when serving ends
+    cdef uint64_t token
+    cdef bint ended
+    cdef _Reply reply
+
+
+@cython.final
+cdef class Hub:
+    """Serves many connections from one loop thread (see _wire.pyi).
+
+    A thread per connection costs a wake-up and a GIL hand-off for every
+    call; one thread that waits on all connections at once (spinning
+    first, then in epoll) serves whatever is ready without either.  Calls
+    that may block, or that must run on one thread throughout, would stall
+    everyone here, so a connection leaves the hub for a thread of its own
+    when (a) a request names a thread-bound object (entry[3] true: locks,
+    queues, ...), or (b) a call or send runs long: the watchdog then starts
+    a new loop thread and the old one stays with that connection."""
+    cdef int epfd
+    cdef int wakefd                 # close() writes here; token 0
+    cdef int parkfd                 # the watchdog sleeps on this while the hub is idle
+    cdef dict table
+    cdef object fallback
+    cdef object start_thread        # start_thread(fn, *args): run fn in a new daemon thread
+    cdef dict served                # token -> _Served
+    cdef uint64_t tokens
+    cdef public int spin_us
+    cdef int spin_now
+    cdef int spin_misses
+    cdef long generation            # bumped each time a stuck loop thread is replaced
+    cdef long call_seq              # bumped for every connection the loop serves
+    cdef long busy                  # 1 while the loop serves a connection
+    cdef long blocked               # 1 while the loop sleeps in epoll_wait
+    cdef long parked                # 1 while the watchdog sleeps on parkfd
+    cdef _Served current            # the connection being served
+    cdef _Served last               # the connection served last
+    cdef object loop_tid            # native id of the loop thread
+    cdef bint started
+    cdef readonly bint closed
+    cdef readonly long replacements
+    cdef readonly long handovers
+
+    def __cinit__(self):
+        self.epfd = self.wakefd = self.parkfd = -1
+
+    def __init__(self, dict table, fallback, start_thread, spin_us=None):
+        cdef epoll_event ev
+        self.table = table
+        self.fallback = fallback
+        self.start_thread = start_thread
+        self.served = {}
+        self.spin_us = self.spin_now = g_spin_us if spin_us is None else spin_us
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        self.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        self.parkfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if self.epfd < 0 or self.wakefd < 0 or self.parkfd < 0:
+            PyErr_SetFromErrno(OSError)
+        ev.events = EPOLLIN
+        ev.data.u64 = 0
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wakefd, &ev) < 0:
+            PyErr_SetFromErrno(OSError)
+
+    def __dealloc__(self):
+        for fd in (self.epfd, self.wakefd, self.parkfd):
+            if fd >= 0:
+                c_close(fd)
+
+    def add(self, Connection conn, tuple control, make_proxy, finished):
+        """Serve conn from now on; finished(exc) is called when that ends."""
+        cdef epoll_event ev
+        cdef _Served s = _Served()
+        s.conn, s.control, s.make_proxy, s.finished = conn, control, make_proxy, finished
+        s.reply = _Reply()
+        if self.closed:
+            raise OSError("the hub is closed")
+        if not self.started:
+            self.started = True
+            self.start_thread(self.run)
+            self.start_thread(self.watch)
+        if conn.pyio or self.epfd < 0:
+            self.start_thread(self._own_thread, s)
+            return
+        self.tokens += 1
+        s.token = self.tokens
+        self.served[s.token] = s
+        ev.events = EPOLLIN
+        ev.data.u64 = s.token
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, conn.fd, &ev) < 0:
+            del self.served[s.token]
+            PyErr_SetFromErrno(OSError)
+
+    def close(self):
+        """Stop the loop and the watchdog (connections are the caller's)."""
+        cdef uint64_t one = 1
+        self.closed = True
+        c_write(self.wakefd, &one, 8)
+        c_write(self.parkfd, &one, 8)
+
+    def stats(self):
+        return {"connections": len(self.served), "replacements": self.replacements,
+                "handovers": self.handovers}
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self):
+        """The loop thread: until closed, or replaced by the watchdog."""
+        cdef long gen = self.generation
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i, outcome
+        cdef uint64_t token
+        cdef _Served s
+        import threading
+        self.loop_tid = threading.get_native_id()
+        while not self.closed:
+            n = self._wait(events)
+            for i in range(n):
+                token = events[i].data.u64
+                if token == 0:
+                    continue
+                s = self.served.get(token)
+                if s is None:
+                    continue
+                outcome = self._serve_ready(s, gen)
+                if outcome == OWN_THREAD:
+                    self.handovers += 1
+                    self._forget(s)
+                    self.start_thread(self._own_thread, s)
+                elif outcome == REPLACED:
+                    self._own_thread(s)
+                    return
+
+    cdef int _wait(self, epoll_event* events) except -1:
+        """Ready events: polled (GIL kept), then spun for (GIL released),
+        then waited for in epoll.  The spin also tries recv on the
+        connection served last, whose next request is the likeliest: when
+        that catches it, its event is the one returned, its bytes already
+        in its buffer."""
+        cdef int n, lfd = -1
+        cdef bint spun = False
+        cdef double until
+        cdef uint64_t one = 1
+        cdef ssize_t got = -1
+        cdef int err = EAGAIN
+        cdef unsigned char* lbuf = NULL
+        cdef size_t lspace = 0
+        cdef Connection lconn
+        n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+        if n > 0:
+            return n
+        if self.last is not None:
+            lconn = self.last.conn
+            if lconn.fd >= 0 and lconn.rcap > lconn.rend:
+                lfd = lconn.fd
+                lbuf = lconn.rbuf + lconn.rend
+                lspace = lconn.rcap - lconn.rend
+        if self.spin_now > 0:
+            with nogil:
+                spun = fm_slot_enter()
+                if spun:
+                    until = _now() + self.spin_now * 1e-6
+                    while True:
+                        if lfd >= 0:
+                            got = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)
+                            err = errno
+                            if got >= 0 or not fm_again(err):
+                                break
+                        n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+                        if n != 0 or _now() >= until:
+                            break
+                        if g_spin_yield:
+                            sched_yield()
+                    fm_slot_leave()
+        if got >= 0 or not fm_again(err):
+            if got > 0:
+                lconn.rend += got
+            events[0].data.u64 = self.last.token
+            n = 1
+        if n > 0:
+            _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, True, True)
+            return n
+        if spun or self.spin_us > 0:
+            _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, spun, False)
+        with nogil:
+            fm_store(&self.blocked, 1)
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, -1)
+            fm_store(&self.blocked, 0)
+            if fm_load(&self.parked):
+                c_write(self.parkfd, &one, 8)
+        return n if n > 0 else 0
+
+    cdef int _serve_ready(self, _Served s, long gen) except -1:
+        """Read what s sent, run every whole request, send the replies."""
+        cdef Connection conn = s.conn
+        cdef Py_ssize_t got = -1, start, size
+        cdef int state
+        cdef tuple entry
+        self.current = s
+        fm_store(&self.call_seq, self.call_seq + 1)
+        fm_store(&self.busy, 1)
+        try:
+            if conn._frame_state() != 1:
+                got = conn._hub_read()
+            while True:
+                state = conn._frame_state()
+                if state == 0:
+                    break
+                if state < 0 or conn.rend - conn.rstart < 13:
+                    return OWN_THREAD
+                entry = self.table.get(fm_get_u64le(conn.rbuf + conn.rstart + 5))
+                if entry is not None and len(entry) > 3 and entry[3]:
+                    return OWN_THREAD
+                conn._recv_frame(conn.max_message, &start, &size)
+                _serve_frame(conn, start, size, self.table, s.control, self.fallback,
+                             s.make_proxy, s.reply)
+                if gen != self.generation:
+                    return REPLACED
+                fm_store(&self.call_seq, self.call_seq + 1)
+            if conn.wbuf.length:
+                conn._send_buffer()
+                if gen != self.generation:
+                    return REPLACED
+            if got == 0:
+                self._end(s, None)
+            else:
+                self.last = s
+        except BaseException as exc:
+            self._end(s, exc)
+        finally:
+            if gen == self.generation:
+                fm_store(&self.busy, 0)
+                self.current = None
+        # replaced during the last step: this thread keeps s (even ended)
+        return SERVED if gen == self.generation else REPLACED
+
+    cdef void _forget(self, _Served s) noexcept:
+        """Take s out of the hub (it is served elsewhere, or ended)."""
+        cdef epoll_event ev
+        if self.last is s:
+            self.last = None
+        if self.served.pop(s.token, None) is not None and s.conn.fd >= 0:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, s.conn.fd, &ev)
+
+    cdef int _end(self, _Served s, exc) except -1:
+        if s.ended:
+            return 0
+        s.ended = True
+        self._forget(s)
+        _flush_before_failing(s.conn)
+        s.conn.close()
+        s.finished(exc)
+        return 0
+
+    def _own_thread(self, _Served s):
+        """Serve s on this thread until it ends."""
+        exc = None
+        try:
+            if not s.ended and not s.conn.closed:
+                if s.conn.wbuf.length:
+                    s.conn._send_buffer()
+                serve_connection(s.conn, self.table, s.control, self.fallback, s.make_proxy)
+        except BaseException as e:
+            exc = e
+        self._end(s, exc)
+
+    # -- the watchdog -----------------------------------------------------------
+
+    def watch(self, double interval=0.002, double patience=0.05):
+        """Replace the loop thread when it is stuck serving one connection:
+        after `interval` s if it sleeps (a blocking call, a full socket),
+        after `patience` s if it computes (it holds the GIL anyway)."""
+        cdef long seen = -1, seq
+        cdef int ticks = 0, idle = 0
+        cdef unsigned int us = <unsigned int>(interval * 1e6)
+        cdef uint64_t value
+        cdef pollfd pfd
+        pfd.fd = self.parkfd
+        pfd.events = POLLIN
+        while not self.closed:
+            with nogil:
+                if idle >= 2:
+                    # the loop sleeps in epoll: sleep too, until it wakes
+                    fm_store(&self.parked, 1)
+                    if fm_load(&self.blocked):
+                        poll(&pfd, 1, -1)
+                    fm_store(&self.parked, 0)
+                    c_read(self.parkfd, &value, 8)
+                    idle = 0
+                usleep(us)
+                seq = fm_load(&self.call_seq)
+                if fm_load(&self.blocked):
+                    idle += 1
+                else:
+                    idle = 0
+                if fm_load(&self.busy) and seq == seen:
+                    ticks += 1
+                else:
+                    ticks = 0
+                seen = seq
+            if ticks and self._stuck(seq, ticks * interval >= patience):
+                ticks = 0
+                self._replace()
+
+    cdef bint _stuck(self, long seq, bint long_enough):
+        """Whether the loop still serves the same connection, and is not
+        merely computing (or preempted) for less than the patience."""
+        if not self.busy or self.call_seq != seq or self.current is None:
+            return False
+        if long_enough:
+            return True
+        try:
+            with open("/proc/self/task/%d/stat" % self.loop_tid, "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError, TypeError):
+            return False
+        return state != b"R"
+
+    cdef int _replace(self) except -1:
+        """Leave the stuck loop thread with its connection; start another."""
+        cdef _Served s = self.current
+        self.generation += 1
+        self.replacements += 1
+        self._forget(s)
+        self.current = None
+        fm_store(&self.busy, 0)
+        self.start_thread(self.run)
+        return 0

@@ -690,6 +690,40 @@ def serve_connection(conn, table, control, fallback, make_proxy):
         conn.send_bytes(body)
 
 
+class Hub:
+    """The compiled Hub's contract, simply: every connection gets a thread
+    of its own at once (see ``_wire.pyi``)."""
+
+    def __init__(self, table, fallback, start_thread, spin_us=None):
+        self.table = table
+        self.fallback = fallback
+        self.start_thread = start_thread
+        self.spin_us = spin_us
+        self.closed = False
+        self.handovers = 0
+
+    def add(self, conn, control, make_proxy, finished):
+        if self.closed:
+            raise OSError("the hub is closed")
+        self.handovers += 1
+        self.start_thread(self._own_thread, conn, control, make_proxy, finished)
+
+    def close(self):
+        self.closed = True
+
+    def stats(self):
+        return {"connections": 0, "replacements": 0, "handovers": self.handovers}
+
+    def _own_thread(self, conn, control, make_proxy, finished):
+        exc = None
+        try:
+            serve_connection(conn, self.table, control, self.fallback, make_proxy)
+        except BaseException as e:
+            exc = e
+        conn.close()
+        finished(exc)
+
+
 # ---------------------------------------------------------------------------
 # Pipelined calls
 

@@ -1,18 +1,24 @@
-"""The manager server: accept loop, one thread per connection, object table.
+"""The manager server: accept loop, the hub that serves connections, object table.
 
 Every shared object has an integer ident and an entry
-``table[ident] = (obj, exposed, method_to_typeid)`` that the compiled serve
-loop reads without a lock (a dict lookup is atomic).  Reference counts are
+``table[ident] = (obj, exposed, method_to_typeid, thread_bound)`` that the
+compiled serve loop reads without a lock (a dict lookup is atomic).
+Connections are served by the wire's ``Hub``: one loop thread for all of
+them, and a thread of their own for those that use a thread-bound object
+(a lock, a queue: anything whose methods may block or belong to a thread)
+or whose call runs long.  Reference counts are
 kept per *session*, one session per client process: a session's references
 go when its last connection closes, so a client that dies, even by SIGKILL,
 leaves nothing behind.  Ident 0 on every connection is that connection's
 ``Control`` object: create, incref, decref and the other manager requests.
 """
+import functools
 import itertools
 import logging
+import queue
 import sys
 import threading
-from multiprocessing import process
+from multiprocessing import pool, process
 
 from ._backend import wire
 from .connection import HANDSHAKE_TIMEOUT, Listener
@@ -27,6 +33,13 @@ log.addHandler(logging.NullHandler())
 
 #: the session of references held by proxies that live in the server itself
 LOCAL_SESSION = b"local"
+
+#: objects whose calls run on their connection's own thread, as every call
+#: does in the stdlib's server: they may block, or an RLock's owner is the
+#: calling thread
+THREAD_BOUND = (type(threading.Lock()), type(threading.RLock()), threading.Condition,
+                threading.Semaphore, threading.Event, threading.Barrier, queue.Queue,
+                pool.Pool, pool.ApplyResult, pool.IMapIterator)
 
 
 def all_methods(obj):
@@ -89,7 +102,7 @@ class Control:
         self._server.shutdown()
 
     def set_name(self, name):
-        threading.current_thread().name = name
+        self.name = name
 
 
 class Server:
@@ -117,6 +130,7 @@ class Server:
         self.stop_event = threading.Event()
         self._idents = itertools.count(1)
         self._connections = set()
+        self.hub = wire.Hub(self.table, self.fallback, _start_thread, spin_us)
 
     # -- running -----------------------------------------------------------
 
@@ -157,6 +171,7 @@ class Server:
 
     def close(self):
         self.stop_event.set()
+        self.hub.close()
         self.listener.close()
         for conn in list(self._connections):
             conn.close()
@@ -176,20 +191,24 @@ class Server:
             (conn or sock).close()
             return
         log.info("connection from %s", peer or "a local client")
-        _current_session.value = session
         self._attach(session, conn)
+        control = self.control_class(self, session)
+        finished = functools.partial(self._finished, session, conn, peer)
         try:
-            control = self.control_class(self, session)
-            wire.serve_connection(conn, self.table, (control, control.exposed, None),
-                                  self.fallback, self.make_proxy)
-        except (OSError, EOFError) as exc:
-            log.info("dropping a connection: %s", exc)
-        except Exception:
-            log.exception("error serving a connection")
-        finally:
+            self.hub.add(conn, (control, control.exposed, None, False),
+                         functools.partial(self.make_proxy, session), finished)
+        except Exception as exc:
             conn.close()
-            self._detach(session, conn)
-            log.info("disconnection of %s", peer or "a local client")
+            finished(exc)
+
+    def _finished(self, session, conn, peer, exc):
+        """The hub is done with a connection (exc: why, None if it closed)."""
+        if isinstance(exc, (OSError, EOFError)):
+            log.info("dropping a connection: %s", exc)
+        elif exc is not None:
+            log.error("error serving a connection", exc_info=exc)
+        self._detach(session, conn)
+        log.info("disconnection of %s", peer or "a local client")
 
     def _attach(self, session, conn):
         with self.mutex:
@@ -222,7 +241,8 @@ class Server:
                     method_to_typeid, type(method_to_typeid)))
             exposed = list(exposed) + list(method_to_typeid)
         ident = next(self._idents)
-        self.table[ident] = (obj, frozenset(exposed), method_to_typeid)
+        self.table[ident] = (obj, frozenset(exposed), method_to_typeid,
+                             isinstance(obj, THREAD_BOUND))
         return ident, tuple(exposed)
 
     def create(self, session, typeid, /, *args, **kwds):
@@ -240,10 +260,9 @@ class Server:
             self._incref(session, ident, 1)
         return ident, exposed
 
-    def make_proxy(self, typeid, obj):
+    def make_proxy(self, session, typeid, obj):
         """A method in method_to_typeid returned obj: share it, for the
-        calling session (found through the current connection's thread)."""
-        session = _current_session.value
+        calling session."""
         with self.mutex:
             ident, exposed = self.register_object(typeid, obj)
             self._incref(session, ident, 1)
@@ -354,8 +373,5 @@ class Server:
         return False
 
 
-class _CurrentSession(threading.local):
-    value = LOCAL_SESSION
-
-
-_current_session = _CurrentSession()
+def _start_thread(fn, *args):
+    threading.Thread(target=fn, args=args, daemon=True).start()
