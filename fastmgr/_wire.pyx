@@ -1939,9 +1939,10 @@ cdef class Hub:
         cdef unsigned char* lbuf = NULL
         cdef size_t lspace = 0
         cdef Connection lconn
-        n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
-        if n > 0:
-            return n
+        if self.spin_now > 0 and fm_slot_max > 0:
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+            if n > 0:
+                return n
         if self.last is not None:
             lconn = self.last.conn
             if lconn.fd >= 0 and lconn.rcap > lconn.rend:
@@ -2070,8 +2071,10 @@ cdef class Hub:
         cdef pollfd pfd
         pfd.fd = self.parkfd
         pfd.events = POLLIN
-        while not self.closed:
-            with nogil:
+        # without the GIL throughout: taking it every tick would cost the
+        # loop thread a hand-off each time
+        with nogil:
+            while not self.closed:
                 if idle >= 2:
                     # the loop sleeps in epoll: sleep too, until it wakes
                     fm_store(&self.parked, 1)
@@ -2088,12 +2091,13 @@ cdef class Hub:
                     idle = 0
                 if fm_load(&self.busy) and seq == seen:
                     ticks += 1
+                    with gil:
+                        if self._stuck(seq, ticks * interval >= patience):
+                            ticks = 0
+                            self._replace()
                 else:
                     ticks = 0
                 seen = seq
-            if ticks and self._stuck(seq, ticks * interval >= patience):
-                ticks = 0
-                self._replace()
 
     cdef bint _stuck(self, long seq, bint long_enough):
         """Whether the loop still serves the same connection, and is not

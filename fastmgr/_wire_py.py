@@ -625,7 +625,7 @@ def _dispatch(request, table, control, fallback, make_proxy):
     _, ident, method, args, kwds = request
     kwds = kwds or {}
     try:
-        obj, exposed, method_to_typeid = control if ident == 0 else table[ident]
+        obj, exposed, method_to_typeid = (control if ident == 0 else table[ident])[:3]
     except Exception:
         return RESP_FAILURE, traceback.format_exc()
     if method not in exposed:

@@ -36,7 +36,8 @@ LOCAL_SESSION = b"local"
 
 #: objects whose calls run on their connection's own thread, as every call
 #: does in the stdlib's server: they may block, or an RLock's owner is the
-#: calling thread
+#: calling thread.  A class can ask for the same with a true class attribute
+#: ``_fastmgr_thread_bound_``.
 THREAD_BOUND = (type(threading.Lock()), type(threading.RLock()), threading.Condition,
                 threading.Semaphore, threading.Event, threading.Barrier, queue.Queue,
                 pool.Pool, pool.ApplyResult, pool.IMapIterator)
@@ -241,8 +242,9 @@ class Server:
                     method_to_typeid, type(method_to_typeid)))
             exposed = list(exposed) + list(method_to_typeid)
         ident = next(self._idents)
-        self.table[ident] = (obj, frozenset(exposed), method_to_typeid,
-                             isinstance(obj, THREAD_BOUND))
+        thread_bound = isinstance(obj, THREAD_BOUND) or getattr(
+            type(obj), "_fastmgr_thread_bound_", False)
+        self.table[ident] = (obj, frozenset(exposed), method_to_typeid, bool(thread_bound))
         return ident, tuple(exposed)
 
     def create(self, session, typeid, /, *args, **kwds):

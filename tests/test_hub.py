@@ -1,0 +1,559 @@
+"""The hub that serves a server's connections: in-process over socketpairs,
+on both wires, then end to end with manager servers and client processes.
+
+The compiled hub serves every connection from one loop thread; a call
+that blocks, computes for long or cannot send must not stall the others,
+and a connection that uses a thread-bound object (a lock, a queue) gets a
+thread of its own.  The pure-Python hub gives every connection a thread
+at once; both meet the same contract, checked here.  Every wait is
+bounded; every thread a hub starts is joined at the end of its test.
+"""
+import functools
+import multiprocessing
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from fastmgr import _protocol as P
+from fastmgr.errors import MessageTooLarge, ProtocolError
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10  # seconds: the bound on any single wait
+
+
+# ---------------------------------------------------------------------------
+# a hub over socketpairs
+
+class Box:
+    """The shared object of the unit tests; records what happens server-side."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.waiting = threading.Event()
+        self.log = []
+        self.stamps = []
+        self.spinning = threading.Event()
+
+    def echo(self, value):
+        return value
+
+    def record(self, item):
+        self.log.append(item)
+
+    def fail(self, key):
+        raise KeyError(key)
+
+    def thread(self):
+        return threading.get_ident()
+
+    def blob(self, size):
+        return bytes(size)
+
+    def wait(self, timeout):
+        """Blocks until release() is called (from another connection)."""
+        self.waiting.set()
+        return self.event.wait(timeout)
+
+    def release(self):
+        self.event.set()
+
+    def spin(self, at_least, at_most):
+        """Computes (never sleeps) for at_least seconds, and on until
+        stamp() was called, for at_most seconds in all."""
+        start = time.monotonic()
+        self.spinning.set()
+        n = 0
+        while True:
+            n += 1
+            now = time.monotonic()
+            if now - start >= at_most or (now - start >= at_least and self.stamps):
+                break
+        return start, time.monotonic(), n
+
+    def stamp(self):
+        self.stamps.append(time.monotonic())
+        return len(self.stamps)
+
+    def make(self, n):
+        return list(range(n))
+
+
+class Control:
+    exposed = frozenset(["hello"])
+
+    def __init__(self, name):
+        self.name = name
+
+    def hello(self):
+        return "hello " + self.name
+
+
+BOX, BOUND, RLOCK, OTHER = 1, 2, 3, 4
+BOX_METHODS = frozenset(["echo", "record", "fail", "thread", "blob", "wait", "release",
+                         "spin", "stamp", "make"])
+
+
+def fallback(ident, obj, method, args, kwds):
+    if method == "#GETVALUE":
+        return ("value of", ident)
+    raise AttributeError("no method %r" % method)
+
+
+class Rig:
+    """A Hub of one wire, its table, and the connections given to it; the
+    threads the hub starts are recorded so that they can be joined."""
+
+    def __init__(self, wire):
+        self.wire = wire
+        self.box = Box()
+        self.bound = Box()      # the same class, thread-bound
+        self.rlock = threading.RLock()
+        self.table = {
+            BOX: (self.box, BOX_METHODS, {"make": "List"}, False),
+            BOUND: (self.bound, BOX_METHODS, None, True),
+            RLOCK: (self.rlock, frozenset(["acquire", "release", "_is_owned"]), None, True),
+            OTHER: (Box(), BOX_METHODS, None, False),
+        }
+        self.threads = []
+        self.lock = threading.Lock()
+        self.ends = {}          # connection number -> [(exc, server conn closed at the time)]
+        self.servers = []
+        self.clients = []
+        self.proxies = []
+        self.hub = wire.Hub(self.table, fallback, self.start_thread)
+
+    def start_thread(self, fn, *args):
+        thread = threading.Thread(target=fn, args=args, daemon=True)
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
+
+    def make_proxy(self, typeid, obj):
+        self.proxies.append((typeid, obj))
+        return (typeid, 100 + len(self.proxies), ("append",))
+
+    def _finished(self, number, exc):
+        with self.lock:
+            self.ends.setdefault(number, []).append((exc, self.servers[number].closed))
+
+    def connect(self, max_message=P.DEFAULT_MAX_MESSAGE):
+        """A client Connection to a new connection of the hub."""
+        ours, theirs = socket.socketpair()
+        server = self.wire.Connection(ours, max_message=max_message)
+        client = self.wire.Connection(theirs, timeout=WAIT)
+        number = len(self.servers)
+        self.servers.append(server)
+        self.clients.append(client)
+        control = Control(str(number))
+        self.hub.add(server, (control, control.exposed, None, False), self.make_proxy,
+                     functools.partial(self._finished, number))
+        return client
+
+    def wait_ended(self, numbers, timeout=WAIT):
+        """The (exc, closed) of each connection's end, once all ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if all(n in self.ends for n in numbers):
+                    return [self.ends[n][0] for n in numbers]
+            if time.monotonic() > deadline:
+                missing = [n for n in numbers if n not in self.ends]
+                pytest.fail("finished() not called for connections %s" % missing)
+            time.sleep(0.005)
+
+    def close(self):
+        """Close the clients, wait until every connection ended, close the
+        hub and join its threads; finished() came exactly once each."""
+        for client in self.clients:
+            client.close()
+        try:
+            self.wait_ended(range(len(self.servers)))
+        finally:
+            self.hub.close()
+            deadline = time.monotonic() + WAIT
+            for thread in list(self.threads):
+                thread.join(max(0.0, deadline - time.monotonic()))
+            for server in self.servers:
+                server.close()
+        alive = [t for t in self.threads if t.is_alive()]
+        assert not alive, "hub threads still running after close(): %r" % alive
+        with self.lock:
+            assert all(len(calls) == 1 for calls in self.ends.values()), self.ends
+            assert all(closed for calls in self.ends.values() for _exc, closed in calls), \
+                "finished() called before the hub closed the connection"
+
+    def stat(self, name):
+        return self.hub.stats()[name]
+
+
+def number_of(rig, client):
+    return rig.clients.index(client)
+
+
+@pytest.fixture
+def rig(wire):
+    r = Rig(wire)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def compiled(wire):
+    """Whether the hub under test is the compiled one (one loop thread)."""
+    return wire.IMPLEMENTATION == "compiled"
+
+
+class Worker(threading.Thread):
+    """Runs fn(*args) in a thread and keeps the result or the exception."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args = fn, args
+        self.result = self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+
+    def outcome(self, timeout=WAIT):
+        self.join(timeout)
+        assert not self.is_alive(), "worker thread did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def wait_for(predicate, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met within %ss" % timeout)
+        time.sleep(0.002)
+
+
+# ---------------------------------------------------------------------------
+# the basics
+
+def test_dispatch_through_the_hub(rig):
+    """Return, error, failure, fallback, control and proxy replies, as
+    serve_connection gives them."""
+    c = rig.connect()
+    assert c.call(BOX, "echo", ((1, "two"),)) == (P.RESP_RETURN, (1, "two"))
+    kind, (exc, tb) = c.call(BOX, "fail", ("k",))
+    assert kind == P.RESP_ERROR and type(exc) is KeyError and "fail" in tb
+    kind, text = c.call(999, "echo", (1,))
+    assert kind == P.RESP_FAILURE and "KeyError" in text
+    kind, text = c.call(BOX, "hidden")
+    assert kind == P.RESP_FAILURE and "AttributeError" in text
+    assert c.call(BOX, "#GETVALUE") == (P.RESP_RETURN, ("value of", BOX))
+    assert c.call(0, "hello") == (P.RESP_RETURN, "hello 0")
+    assert c.call(BOX, "make", (3,)) == (P.RESP_PROXY, ("List", 101, ("append",)))
+    assert rig.proxies == [("List", [0, 1, 2])]
+    c.close()
+    assert rig.wait_ended([0]) == [(None, True)]
+
+
+def test_stats_and_add_after_close(wire, compiled):
+    rig = Rig(wire)
+    try:
+        assert set(rig.hub.stats()) == {"connections", "replacements", "handovers"}
+        c = rig.connect()
+        assert c.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+        if compiled:
+            assert rig.hub.stats() == {"connections": 1, "replacements": 0, "handovers": 0}
+        c.close()
+        rig.wait_ended([0])
+        if compiled:
+            assert rig.stat("connections") == 0
+    finally:
+        rig.close()
+    assert rig.hub.closed
+    ours, theirs = socket.socketpair()
+    server = wire.Connection(ours)
+    try:
+        with pytest.raises(OSError):
+            rig.hub.add(server, (Control("x"), Control.exposed, None, False),
+                        rig.make_proxy, lambda exc: None)
+    finally:
+        server.close()
+        theirs.close()
+
+
+def test_many_connections(rig, compiled):
+    n = 50
+    clients = [rig.connect() for _ in range(n)]
+    if compiled:
+        assert rig.stat("connections") == n
+    # a request outstanding on every connection at once, then the answers
+    for i, c in enumerate(clients):
+        c.send_request(P.REQ_CALL, BOX, "echo", (("first", i),))
+    for i, c in enumerate(clients):
+        assert c.recv_response() == (P.RESP_RETURN, ("first", i))
+
+    # and every connection calling from its own thread at the same time
+    go = threading.Barrier(n, timeout=WAIT)
+
+    def calls(i, c):
+        go.wait()
+        return [c.call(BOX, "echo", ((i, k),))[1] for k in range(20)] + [c.call(0, "hello")[1]]
+
+    workers = [Worker(calls, i, c) for i, c in enumerate(clients)]
+    for i, worker in enumerate(workers):
+        assert worker.outcome(WAIT) == [(i, k) for k in range(20)] + ["hello %d" % i]
+    for c in clients:
+        c.close()
+    assert rig.wait_ended(range(n)) == [(None, True)] * n
+    if compiled:
+        assert rig.hub.stats() == {"connections": 0, "replacements": 0, "handovers": 0}
+
+
+def test_pipelined_requests_answered_in_order(rig):
+    c = rig.connect()
+    other = rig.connect()
+    for i in range(300):
+        c.send_request(P.REQ_CALL, BOX, "echo", (i,))
+        if i % 100 == 0:
+            c.send_request(P.REQ_CALL, BOX, "fail", (i,))
+    got = []
+    for i in range(303):
+        kind, value = c.recv_response()
+        got.append(value if kind == P.RESP_RETURN else ("error", value[0].args))
+    expected = []
+    for i in range(300):
+        expected.append(i)
+        if i % 100 == 0:
+            expected.append(("error", (i,)))
+    assert got == expected
+    assert other.call(BOX, "echo", ("other",)) == (P.RESP_RETURN, "other")
+
+
+def test_oneway_gets_no_reply(rig):
+    c = rig.connect()
+    c.send_request(P.REQ_ONEWAY, BOX, "record", ("a",))
+    c.send_request(P.REQ_ONEWAY, BOX, "fail", ("silently",))
+    c.send_request(P.REQ_ONEWAY, 999, "record", ("unknown ident",))
+    c.send_request(P.REQ_ONEWAY, BOX, "record", ("b",))
+    assert c.call(BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
+    assert rig.box.log == ["a", "b"]
+    assert not c.poll(0.1)  # nothing else came
+    c.send_request(P.REQ_ONEWAY, BOUND, "record", ("bound",))  # thread-bound, oneway
+    assert c.call(BOUND, "echo", (1,)) == (P.RESP_RETURN, 1)
+    assert rig.bound.log == ["bound"]
+    assert not c.poll(0.1)
+
+
+# ---------------------------------------------------------------------------
+# thread-bound objects
+
+def test_thread_bound_entry_gets_a_thread_of_its_own(rig, compiled):
+    c = rig.connect()
+    other = rig.connect()
+    assert other.call(BOX, "echo", (0,)) == (P.RESP_RETURN, 0)
+    before = rig.stat("handovers")
+    loop_thread = c.call(BOX, "thread")[1]
+    first = c.call(BOUND, "thread")[1]
+    if compiled:
+        assert rig.stat("handovers") == before + 1
+        assert first != loop_thread
+    # from now on every call on c is served by that thread, in order
+    for i in range(5):
+        c.send_request(P.REQ_CALL, BOX, "echo", (i,))
+        c.send_request(P.REQ_CALL, BOUND, "thread")
+        c.send_request(P.REQ_CALL, BOX, "thread")
+    for i in range(5):
+        assert c.recv_response() == (P.RESP_RETURN, i)
+        assert c.recv_response() == (P.RESP_RETURN, first)
+        assert c.recv_response() == (P.RESP_RETURN, first)
+    if compiled:
+        assert rig.stat("handovers") == before + 1
+        assert rig.stat("connections") == 1  # only `other` is still in the loop
+    assert other.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+
+
+def test_replies_before_a_handover_go_out_first(rig, compiled):
+    """Requests on the loop, then one on a thread-bound entry, in one write:
+    the replies come back in the order of the requests."""
+    c = rig.connect()
+    for i in range(3):
+        c.send_request(P.REQ_CALL, BOX, "echo", (i,))
+    c.send_request(P.REQ_CALL, BOUND, "echo", ("bound",))
+    c.send_request(P.REQ_CALL, BOX, "echo", (3,))
+    got = [c.recv_response() for _ in range(5)]
+    assert got == [(P.RESP_RETURN, v) for v in (0, 1, 2, "bound", 3)]
+    if compiled:
+        assert rig.stat("handovers") == 1
+
+
+def test_rlock_is_owned_by_its_connection(rig):
+    a, b = rig.connect(), rig.connect()
+    assert a.call(RLOCK, "acquire") == (P.RESP_RETURN, True)
+    assert a.call(RLOCK, "_is_owned") == (P.RESP_RETURN, True)
+    assert b.call(RLOCK, "_is_owned") == (P.RESP_RETURN, False)
+    assert b.call(RLOCK, "acquire", (True, 0.1)) == (P.RESP_RETURN, False)
+    assert a.call(RLOCK, "acquire") == (P.RESP_RETURN, True)  # re-entrant
+    assert a.call(RLOCK, "release") == (P.RESP_RETURN, None)
+    assert b.call(RLOCK, "acquire", (True, 0.1)) == (P.RESP_RETURN, False)
+    assert a.call(RLOCK, "release") == (P.RESP_RETURN, None)
+    kind, (exc, _tb) = a.call(RLOCK, "release")
+    assert kind == P.RESP_ERROR and isinstance(exc, RuntimeError)
+    assert b.call(RLOCK, "acquire", (True, WAIT)) == (P.RESP_RETURN, True)
+    assert b.call(RLOCK, "release") == (P.RESP_RETURN, None)
+
+
+def test_blocked_lock_does_not_stall_others(rig):
+    a, b, c = rig.connect(), rig.connect(), rig.connect()
+    assert a.call(RLOCK, "acquire") == (P.RESP_RETURN, True)
+    b.send_request(P.REQ_CALL, RLOCK, "acquire", (True, WAIT))  # blocks until a releases
+    for i in range(20):
+        assert c.call(BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+    assert not b.poll(0.05)
+    assert a.call(RLOCK, "release") == (P.RESP_RETURN, None)
+    assert b.recv_response() == (P.RESP_RETURN, True)
+    assert b.call(RLOCK, "release") == (P.RESP_RETURN, None)
+
+
+# ---------------------------------------------------------------------------
+# calls that keep the loop
+
+def test_blocking_call_does_not_deadlock(rig, compiled):
+    """A waits for an event that only B's call sets."""
+    a, b, c = rig.connect(), rig.connect(), rig.connect()
+    a.send_request(P.REQ_CALL, BOX, "wait", (WAIT,))
+    wait_for(rig.box.waiting.is_set)
+    assert b.call(BOX, "echo", ("b",)) == (P.RESP_RETURN, "b")
+    assert b.call(BOX, "release") == (P.RESP_RETURN, None)
+    assert a.recv_response() == (P.RESP_RETURN, True)
+    if compiled:
+        assert rig.stat("replacements") >= 1
+        assert rig.stat("handovers") == 0
+    # everyone goes on: a on the thread it kept, b and c on the loop
+    for i in range(10):
+        assert a.call(BOX, "echo", (("a", i),)) == (P.RESP_RETURN, ("a", i))
+        assert b.call(BOX, "echo", (("b", i),)) == (P.RESP_RETURN, ("b", i))
+        assert c.call(BOX, "echo", (("c", i),)) == (P.RESP_RETURN, ("c", i))
+    a.close()
+    assert rig.wait_ended([number_of(rig, a)]) == [(None, True)]
+    assert b.call(0, "hello") == (P.RESP_RETURN, "hello 1")
+
+
+def test_two_blocking_calls_at_once(rig, compiled):
+    """Each stuck loop thread is replaced in turn."""
+    a, b, c = rig.connect(), rig.connect(), rig.connect()
+    other = rig.table[OTHER][0]
+    a.send_request(P.REQ_CALL, BOX, "wait", (WAIT,))
+    wait_for(rig.box.waiting.is_set)
+    b.send_request(P.REQ_CALL, OTHER, "wait", (WAIT,))
+    wait_for(other.waiting.is_set)
+    assert c.call(OTHER, "release") == (P.RESP_RETURN, None)
+    assert b.recv_response() == (P.RESP_RETURN, True)
+    assert c.call(BOX, "release") == (P.RESP_RETURN, None)
+    assert a.recv_response() == (P.RESP_RETURN, True)
+    if compiled:
+        assert rig.stat("replacements") >= 2
+
+
+def test_cpu_bound_call_does_not_stall_others(rig):
+    """B's call is served while A's call computes, between its start and end."""
+    a, b = rig.connect(), rig.connect()
+    a.send_request(P.REQ_CALL, BOX, "spin", (0.3, WAIT))
+    wait_for(rig.box.spinning.is_set)
+    assert b.call(BOX, "stamp") == (P.RESP_RETURN, 1)
+    assert b.call(BOX, "echo", ("b",)) == (P.RESP_RETURN, "b")
+    kind, (start, end, _n) = a.recv_response()
+    assert kind == P.RESP_RETURN
+    assert start < rig.box.stamps[0] < end
+    assert a.call(BOX, "echo", ("a",)) == (P.RESP_RETURN, "a")
+
+
+def test_a_peer_that_does_not_read_stalls_no_one(rig, compiled):
+    """A asks for large replies and never reads them: the thread sending
+    to A blocks on a full socket; B is served all the same."""
+    a, b = rig.connect(), rig.connect()
+    for _ in range(32):
+        a.send_request(P.REQ_CALL, BOX, "blob", (1 << 20,))
+    assert b.call(BOX, "echo", ("b",)) == (P.RESP_RETURN, "b")
+    for i in range(20):
+        assert b.call(BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+    if compiled:
+        wait_for(lambda: rig.stat("replacements") >= 1)
+    c = rig.connect()
+    assert c.call(BOX, "echo", ("c",)) == (P.RESP_RETURN, "c")
+    a.close()
+    (exc, closed), = rig.wait_ended([number_of(rig, a)])
+    assert isinstance(exc, OSError) and not isinstance(exc, ProtocolError), repr(exc)
+    assert b.call(BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
+
+
+# ---------------------------------------------------------------------------
+# malformed input
+
+def _frame(body):
+    return struct.pack("!i", len(body)) + body
+
+
+BAD_INPUT = {
+    # a well-framed body with an unknown request kind (long enough to be
+    # looked at by the loop)
+    "bad-kind": _frame(b"\x07" + bytes(8) + b"garbage-garbage"),
+    # a short body: no room for the request header
+    "short-body": _frame(b"\x01\x07\x00"),
+    # a well-framed request whose method is not a str
+    "bad-method": _frame(b"\x01" + bytes(8) + b"\x03" + bytes(8) + b"\x08\x00\x00\x00\x00\x00"),
+    # a negative length
+    "negative-length": struct.pack("!i", -5) + b"zzzz",
+    # a length over the reader's limit (1000 bytes here)
+    "too-large": struct.pack("!i", 1001),
+    # the long form announcing 4 GiB
+    "4GiB": struct.pack("!i", -1) + struct.pack("!Q", 4 << 30),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUT))
+def test_malformed_input_ends_only_that_connection(rig, name):
+    good, bad, later = rig.connect(1000), rig.connect(1000), rig.connect(1000)
+    assert good.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    # a valid request and the bad bytes in one write: the reply to the
+    # first still comes
+    bad.send_request(P.REQ_CALL, BOX, "echo", ("before",))
+    assert bad.recv_response() == (P.RESP_RETURN, "before")
+    sock = socket.socket(fileno=os.dup(bad.fileno()))
+    try:
+        sock.sendall(BAD_INPUT[name])
+    finally:
+        sock.close()
+    (exc, closed), = rig.wait_ended([number_of(rig, bad)])
+    expected = MessageTooLarge if name in ("too-large", "4GiB") else ProtocolError
+    assert isinstance(exc, expected), repr(exc)
+    # the server closed its end (a reset when it left bytes unread)
+    with pytest.raises((EOFError, ConnectionResetError)):
+        bad.recv_response()
+    for c in (good, later):
+        assert c.call(BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
+
+
+def test_reply_before_a_bad_frame_in_the_same_write(rig):
+    c = rig.connect(1000)
+    other = rig.connect()
+    head = bytearray()
+    codec = rig.wire.Codec()
+    head += _frame(codec.encode_request(P.REQ_CALL, BOX, "echo", ("first",), None))
+    head += _frame(b"\x07" + bytes(8) + b"garbage-garbage")
+    sock = socket.socket(fileno=os.dup(c.fileno()))
+    try:
+        sock.sendall(bytes(head))
+    finally:
+        sock.close()
+    assert c.recv_response() == (P.RESP_RETURN, "first")
+    with pytest.raises((EOFError, ConnectionResetError)):
+        c.recv_response()
+    (exc, closed), = rig.wait_ended([number_of(rig, c)])
+    assert isinstance(exc, ProtocolError)
+    assert other.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
