@@ -1998,6 +1998,11 @@ cdef class Hub:
                 got = conn._hub_read()
             while True:
                 state = conn._frame_state()
+                if conn.wbuf.length and (state == 0 or conn.wbuf.total() >= c_copy_threshold):
+                    conn._send_buffer()
+                    if gen != self.generation:
+                        return REPLACED
+                    continue  # a send that had to wait may have read more requests
                 if state == 0:
                     break
                 if state < 0 or conn.rend - conn.rstart < 13:
@@ -2011,10 +2016,6 @@ cdef class Hub:
                 if gen != self.generation:
                     return REPLACED
                 fm_store(&self.call_seq, self.call_seq + 1)
-            if conn.wbuf.length:
-                conn._send_buffer()
-                if gen != self.generation:
-                    return REPLACED
             if got == 0:
                 self._end(s, None)
             else:
@@ -2065,7 +2066,8 @@ cdef class Hub:
         after `interval` s if it sleeps (a blocking call, a full socket),
         after `patience` s if it computes (it holds the GIL anyway)."""
         cdef long seen = -1, seq
-        cdef int ticks = 0, idle = 0
+        cdef int idle = 0
+        cdef double stuck_since = 0
         cdef unsigned int us = <unsigned int>(interval * 1e6)
         cdef uint64_t value
         cdef pollfd pfd
@@ -2090,13 +2092,14 @@ cdef class Hub:
                 else:
                     idle = 0
                 if fm_load(&self.busy) and seq == seen:
-                    ticks += 1
+                    if not stuck_since:
+                        stuck_since = _now() - interval
                     with gil:
-                        if self._stuck(seq, ticks * interval >= patience):
-                            ticks = 0
+                        if self._stuck(seq, _now() - stuck_since >= patience):
+                            stuck_since = 0
                             self._replace()
                 else:
-                    ticks = 0
+                    stuck_since = 0
                 seen = seq
 
     cdef bint _stuck(self, long seq, bint long_enough):
@@ -2111,11 +2114,16 @@ cdef class Hub:
                 state = f.read().rpartition(b")")[2].split()[0]
         except (OSError, IndexError, TypeError):
             return False
+        # reading /proc let the GIL go: the loop may have moved on meanwhile
+        if not self.busy or self.call_seq != seq or self.current is None:
+            return False
         return state != b"R"
 
     cdef int _replace(self) except -1:
         """Leave the stuck loop thread with its connection; start another."""
         cdef _Served s = self.current
+        if s is None:
+            return 0
         self.generation += 1
         self.replacements += 1
         self._forget(s)

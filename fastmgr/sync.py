@@ -53,6 +53,8 @@ def Array(typecode, sequence, lock=True):
 class RLock:
     """threading.RLock with ``locked()`` (Python 3.14's), on every Python."""
 
+    _fastmgr_thread_bound_ = True  # owned by the thread that acquired it
+
     def __init__(self):
         self._lock = threading.RLock()
 

@@ -9,15 +9,22 @@ at once; both meet the same contract, checked here.  Every wait is
 bounded; every thread a hub starts is joined at the end of its test.
 """
 import functools
+import json
 import multiprocessing
 import os
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+import _hub_helpers as H
+from conftest import child_env
 from fastmgr import _protocol as P
 from fastmgr.errors import MessageTooLarge, ProtocolError
 
@@ -141,9 +148,10 @@ class Rig:
         with self.lock:
             self.ends.setdefault(number, []).append((exc, self.servers[number].closed))
 
-    def connect(self, max_message=P.DEFAULT_MAX_MESSAGE):
-        """A client Connection to a new connection of the hub."""
-        ours, theirs = socket.socketpair()
+    def connect(self, max_message=P.DEFAULT_MAX_MESSAGE, pair=None):
+        """A client Connection to a new connection of the hub (over pair,
+        (server socket, client socket), if given)."""
+        ours, theirs = pair or socket.socketpair()
         server = self.wire.Connection(ours, max_message=max_message)
         client = self.wire.Connection(theirs, timeout=WAIT)
         number = len(self.servers)
@@ -169,6 +177,9 @@ class Rig:
     def close(self):
         """Close the clients, wait until every connection ended, close the
         hub and join its threads; finished() came exactly once each."""
+        for entry in self.table.values():
+            if isinstance(entry[0], Box):
+                entry[0].event.set()  # a call still waiting returns
         for client in self.clients:
             client.close()
         try:
@@ -190,9 +201,9 @@ class Rig:
     def stat(self, name):
         return self.hub.stats()[name]
 
-
-def number_of(rig, client):
-    return rig.clients.index(client)
+    def number(self, client):
+        """The number of client's connection (for wait_ended)."""
+        return self.clients.index(client)
 
 
 @pytest.fixture
@@ -312,7 +323,7 @@ def test_many_connections(rig, compiled):
         c.close()
     assert rig.wait_ended(range(n)) == [(None, True)] * n
     if compiled:
-        assert rig.hub.stats() == {"connections": 0, "replacements": 0, "handovers": 0}
+        assert rig.stat("connections") == 0 and rig.stat("handovers") == 0
 
 
 def test_pipelined_requests_answered_in_order(rig):
@@ -434,13 +445,17 @@ def test_blocking_call_does_not_deadlock(rig, compiled):
     if compiled:
         assert rig.stat("replacements") >= 1
         assert rig.stat("handovers") == 0
-    # everyone goes on: a on the thread it kept, b and c on the loop
+    # everyone goes on: a on the thread it kept, alone; b and c on the loop
     for i in range(10):
         assert a.call(BOX, "echo", (("a", i),)) == (P.RESP_RETURN, ("a", i))
         assert b.call(BOX, "echo", (("b", i),)) == (P.RESP_RETURN, ("b", i))
         assert c.call(BOX, "echo", (("c", i),)) == (P.RESP_RETURN, ("c", i))
+    a_threads = {a.call(BOX, "thread")[1] for _ in range(20)}
+    assert len(a_threads) == 1
+    if compiled:
+        assert a_threads.isdisjoint(b.call(BOX, "thread")[1] for _ in range(20))
     a.close()
-    assert rig.wait_ended([number_of(rig, a)]) == [(None, True)]
+    assert rig.wait_ended([rig.number(a)]) == [(None, True)]
     assert b.call(0, "hello") == (P.RESP_RETURN, "hello 1")
 
 
@@ -487,9 +502,89 @@ def test_a_peer_that_does_not_read_stalls_no_one(rig, compiled):
     c = rig.connect()
     assert c.call(BOX, "echo", ("c",)) == (P.RESP_RETURN, "c")
     a.close()
-    (exc, closed), = rig.wait_ended([number_of(rig, a)])
+    (exc, closed), = rig.wait_ended([rig.number(a)])
     assert isinstance(exc, OSError) and not isinstance(exc, ProtocolError), repr(exc)
     assert b.call(BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
+
+
+def test_request_that_arrives_during_a_send_is_served(rig):
+    """A request that arrives while the server sends a large reply (and
+    reads what comes meanwhile, to keep the socket moving) is answered
+    without waiting for more bytes from the client."""
+    c = rig.connect()
+    for i in range(20):
+        c.send_request(P.REQ_CALL, BOX, "blob", (1 << 20,))
+        assert c.poll(WAIT)  # the reply has begun: the server is sending it
+        c.send_request(P.REQ_CALL, BOX, "echo", (i,))
+        assert c.recv_response() == (P.RESP_RETURN, bytes(1 << 20))
+        assert c.poll(2), "no reply to echo(%d)" % i
+        assert c.recv_response() == (P.RESP_RETURN, i)
+
+
+def test_watchdog_replaces_only_a_loop_that_is_still_stuck(compiled_wire):
+    """The watchdog lets the GIL go while it checks the loop thread; a call
+    that returns meanwhile must not get the idle loop replaced: a replaced
+    loop thread keeps serving from the same epoll set, so two threads read
+    one connection."""
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
+                                         env["PYTHONPATH"]])
+    out = subprocess.run(
+        [sys.executable, "-c", "import _hub_helpers; _hub_helpers.watchdog_paused_in_check()"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    if not seen["fired"]:
+        pytest.skip("the watchdog no longer reads /proc through open(): cannot pause it there")
+    assert seen == {"fired": True, "replacements": 0, "threads": 1}
+
+
+# ---------------------------------------------------------------------------
+# TLS
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """(server context, client context) with a self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    d = tmp_path_factory.mktemp("hub-tls")
+    result = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        cwd=str(d), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(str(d / "cert.pem"))
+    return server, client
+
+
+def tls_pair(tls):
+    """A connected pair of TLS sockets, (server side, client side)."""
+    ours, theirs = socket.socketpair()
+    server = Worker(tls[0].wrap_socket, ours, True)
+    client = tls[1].wrap_socket(theirs, server_hostname="localhost")
+    return server.outcome(), client
+
+
+def test_tls_connection_has_a_thread_of_its_own(rig, compiled, tls):
+    """Bytes of a TLS connection go through its SSL object, not the loop's
+    epoll: it is served on a thread of its own from the start."""
+    plain = rig.connect()
+    secure = rig.connect(pair=tls_pair(tls))
+    if compiled:
+        assert rig.stat("connections") == 1  # only the plain one is in the loop
+    assert secure.call(BOX, "echo", ("tls",)) == (P.RESP_RETURN, "tls")
+    for i in range(20):
+        secure.send_request(P.REQ_CALL, BOX, "echo", (i,))
+    assert [secure.recv_response()[1] for _ in range(20)] == list(range(20))
+    secure.send_request(P.REQ_CALL, BOX, "wait", (WAIT,))
+    wait_for(rig.box.waiting.is_set)
+    assert plain.call(BOX, "release") == (P.RESP_RETURN, None)
+    assert secure.recv_response() == (P.RESP_RETURN, True)
+    assert plain.call(BOX, "echo", ("plain",)) == (P.RESP_RETURN, "plain")
 
 
 # ---------------------------------------------------------------------------
@@ -520,8 +615,6 @@ BAD_INPUT = {
 def test_malformed_input_ends_only_that_connection(rig, name):
     good, bad, later = rig.connect(1000), rig.connect(1000), rig.connect(1000)
     assert good.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
-    # a valid request and the bad bytes in one write: the reply to the
-    # first still comes
     bad.send_request(P.REQ_CALL, BOX, "echo", ("before",))
     assert bad.recv_response() == (P.RESP_RETURN, "before")
     sock = socket.socket(fileno=os.dup(bad.fileno()))
@@ -529,7 +622,7 @@ def test_malformed_input_ends_only_that_connection(rig, name):
         sock.sendall(BAD_INPUT[name])
     finally:
         sock.close()
-    (exc, closed), = rig.wait_ended([number_of(rig, bad)])
+    (exc, closed), = rig.wait_ended([rig.number(bad)])
     expected = MessageTooLarge if name in ("too-large", "4GiB") else ProtocolError
     assert isinstance(exc, expected), repr(exc)
     # the server closed its end (a reset when it left bytes unread)
@@ -554,6 +647,172 @@ def test_reply_before_a_bad_frame_in_the_same_write(rig):
     assert c.recv_response() == (P.RESP_RETURN, "first")
     with pytest.raises((EOFError, ConnectionResetError)):
         c.recv_response()
-    (exc, closed), = rig.wait_ended([number_of(rig, c)])
+    (exc, closed), = rig.wait_ended([rig.number(c)])
     assert isinstance(exc, ProtocolError)
     assert other.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+
+
+# ---------------------------------------------------------------------------
+# end to end: a manager server and client processes, stdlib and fastmgr
+
+METHODS = ["fork", "spawn"]
+
+
+@pytest.fixture(params=METHODS)
+def ctx(request):
+    return multiprocessing.get_context(request.param)
+
+
+@pytest.fixture
+def children():
+    """Starts child processes: start(ctx, target, *args) -> (process, our
+    end of its pipe); any still running at the end of the test are killed."""
+    started = []
+
+    def start(ctx, target, *args):
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=target, args=args + (theirs,), daemon=True)
+        proc.start()
+        theirs.close()
+        started.append(proc)
+        return proc, ours
+
+    yield start
+    for proc in started:
+        proc.join(0.2)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+def finish(proc):
+    """The child exits, with 0, within the bound."""
+    proc.join(WAIT)
+    assert not proc.is_alive(), "%r did not exit within %ss" % (proc, WAIT)
+    assert proc.exitcode == 0, "%r exited with %r" % (proc, proc.exitcode)
+
+
+@pytest.fixture(scope="module")
+def gate_manager(impl):
+    m = H.gate_manager_class(impl)()
+    m.start()
+    yield m
+    m.shutdown()
+
+
+def receive(conn, proc, timeout=WAIT):
+    """The next message from a child; its traceback fails the test."""
+    if not conn.poll(timeout):
+        pytest.fail("no message from %r within %ss" % (proc, timeout))
+    try:
+        message = conn.recv()
+    except EOFError:
+        proc.join(5)
+        pytest.fail("%r closed its pipe without a message (exitcode %r)" % (proc, proc.exitcode))
+    if isinstance(message, tuple) and message[0] == "error":
+        pytest.fail("%r failed:\n%s" % (proc, message[1]))
+    return message
+
+
+def in_new_thread(steps):
+    """Run this process's side of a test from a new thread: its proxies
+    then use a new connection, which no earlier test moved to a thread of
+    its own (on fastmgr's server it starts on the shared loop)."""
+    Worker(steps).outcome(3 * WAIT)
+
+
+def result(conn, proc):
+    tag, value = receive(conn, proc)
+    assert tag == "ok"
+    return value
+
+
+def _check_held_by_one_client(lock, ctx, children):
+    """The child acquires lock and holds it across calls; this process
+    cannot acquire it meanwhile, the child can again (re-entrant), and this
+    process can once the child released it twice.  This process calls from
+    a new thread: a new connection, which no earlier call has moved to a
+    thread of its own."""
+    proc, conn = children(ctx, H.rlock_owner, lock)
+
+    def steps():
+        assert receive(conn, proc) == "acquired"
+        assert lock.acquire(timeout=0.2) is False
+        conn.send("reacquire")
+        assert receive(conn, proc) == "released once"  # still held once
+        assert lock.acquire(blocking=False) is False
+        conn.send("release")
+        assert result(conn, proc) == [True, True]
+        finish(proc)
+        assert lock.acquire(timeout=WAIT) is True
+        assert lock.acquire(timeout=WAIT) is True  # ours now, re-entrant
+        lock.release()
+        lock.release()
+
+    in_new_thread(steps)
+
+
+def test_rlock_owned_across_calls(impl, manager, ctx, children):
+    """An RLock's owner is the thread that serves its client's connection:
+    the same thread for every call of that client, and not the thread of
+    another client's calls."""
+    _check_held_by_one_client(manager.RLock(), ctx, children)
+
+
+def test_class_that_asks_to_be_thread_bound(gate_manager, ctx, children):
+    """A registered class with a true _fastmgr_thread_bound_ is served on
+    its connection's own thread, so a lock it keeps is held per client."""
+    _check_held_by_one_client(gate_manager.Keeper(), ctx, children)
+
+
+def test_condition_wait_and_notify(manager, ctx, children):
+    cond = manager.Condition()
+    proc, conn = children(ctx, H.condition_waiter, cond)
+
+    def steps():
+        assert receive(conn, proc) == "waiting"
+        with cond:  # taken once the child waits
+            cond.notify()
+        assert result(conn, proc) is True
+        finish(proc)
+
+    in_new_thread(steps)
+
+
+def test_blocking_method_of_a_registered_class(gate_manager, ctx, children):
+    """Gate.wait() blocks on the server until open() comes from another
+    client process; the server serves that client meanwhile."""
+    gate = gate_manager.Gate()
+    proc, conn = children(ctx, H.gate_waiter, gate)
+
+    def steps():
+        assert receive(conn, proc) == "waiting"
+        wait_for(lambda: gate.waiting() == 1)
+        assert gate.echo("while it waits") == "while it waits"
+        other = gate_manager.Gate()  # creating objects goes on too
+        assert other.echo(1) == 1
+        gate.open()
+        assert result(conn, proc) is True
+        finish(proc)
+        assert gate.waiting() == 0
+
+    in_new_thread(steps)
+
+
+def test_blocking_get_does_not_stop_other_clients(manager, ctx, children):
+    queue = manager.Queue()
+    shared = manager.dict()
+    proc, conn = children(ctx, H.queue_getter, queue)
+
+    def steps():
+        assert receive(conn, proc) == "getting"
+        time.sleep(0.1)  # let the get() reach the server and block there
+        for i in range(200):
+            shared[i] = i * i
+        assert len(shared) == 200 and shared[199] == 199 * 199
+        assert proc.is_alive() and not conn.poll(0)  # still waiting for an item
+        queue.put("item")
+        assert result(conn, proc) == "item"
+        finish(proc)
+
+    in_new_thread(steps)
