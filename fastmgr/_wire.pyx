@@ -1827,6 +1827,7 @@ cdef class Hub:
     cdef long busy                  # 1 while the loop serves a connection
     cdef long blocked               # 1 while the loop sleeps in epoll_wait
     cdef long parked                # 1 while the watchdog sleeps on parkfd
+    cdef bint loop_missing          # a replacement loop thread could not be started
     cdef _Served current            # the connection being served
     cdef _Served last               # the connection served last
     cdef object loop_tid            # native id of the loop thread
@@ -1919,7 +1920,10 @@ cdef class Hub:
                 if outcome == OWN_THREAD:
                     self.handovers += 1
                     self._forget(s)
-                    self.start_thread(self._own_thread, s)
+                    try:
+                        self.start_thread(self._own_thread, s)
+                    except BaseException as exc:  # no thread to be had: drop s, not the loop
+                        self._end(s, exc)
                 elif outcome == REPLACED:
                     self._own_thread(s)
                     return
@@ -1939,12 +1943,13 @@ cdef class Hub:
         cdef unsigned char* lbuf = NULL
         cdef size_t lspace = 0
         cdef Connection lconn
+        cdef _Served ls = self.last
         if self.spin_now > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
             if n > 0:
                 return n
-        if self.last is not None:
-            lconn = self.last.conn
+        if ls is not None:
+            lconn = ls.conn
             if lconn.fd >= 0 and lconn.rcap > lconn.rend:
                 lfd = lconn.fd
                 lbuf = lconn.rbuf + lconn.rend
@@ -1969,7 +1974,7 @@ cdef class Hub:
         if got >= 0 or not fm_again(err):
             if got > 0:
                 lconn.rend += got
-            events[0].data.u64 = self.last.token
+            events[0].data.u64 = ls.token
             n = 1
         if n > 0:
             _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, True, True)
@@ -2044,7 +2049,10 @@ cdef class Hub:
         self._forget(s)
         _flush_before_failing(s.conn)
         s.conn.close()
-        s.finished(exc)
+        try:
+            s.finished(exc)
+        except BaseException:
+            pass  # the hook's own failure must not stop the loop
         return 0
 
     def _own_thread(self, _Served s):
@@ -2086,6 +2094,9 @@ cdef class Hub:
                     c_read(self.parkfd, &value, 8)
                     idle = 0
                 usleep(us)
+                if self.loop_missing:
+                    with gil:
+                        self._start_loop()
                 seq = fm_load(&self.call_seq)
                 if fm_load(&self.blocked):
                     idle += 1
@@ -2129,5 +2140,15 @@ cdef class Hub:
         self._forget(s)
         self.current = None
         fm_store(&self.busy, 0)
-        self.start_thread(self.run)
+        self._start_loop()
+        return 0
+
+    cdef int _start_loop(self) except -1:
+        """Start a loop thread; if none can be had now, the watchdog tries
+        again at its next tick."""
+        try:
+            self.start_thread(self.run)
+            self.loop_missing = 0
+        except Exception:
+            self.loop_missing = 1
         return 0
