@@ -256,6 +256,10 @@ cdef enum:
     # spins between two looks at the CPUs this process may use
     SPINS_PER_REFRESH = 4096
 
+# spinning yields the CPU at every turn, but only after this long: the
+# common reply comes within it, and a yield costs more than a recv
+cdef double CALM_SPIN_S = 4e-6
+
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
 cdef uint64_t U32_LIMIT = 0x100000000
@@ -1004,14 +1008,17 @@ cdef class Connection:
         """Poll with non-blocking recv for up to spin_now µs. Returns what
         recv returned last (-1 with EAGAIN when the budget ran out)."""
         cdef ssize_t got
-        cdef double until = _now() + self.spin_now * 1e-6
+        cdef double t = _now()
+        cdef double until = t + self.spin_now * 1e-6
+        cdef double calm = t + CALM_SPIN_S
         while True:
             got = c_recv(self.fd, dst, space, MSG_DONTWAIT)
             if got >= 0 or not fm_again(errno):
                 return got
-            if _now() >= until:
+            t = _now()
+            if t >= until:
                 return -1
-            if g_spin_yield:
+            if g_spin_yield and t >= calm:
                 # a peer (or anyone) waiting for this CPU gets it: spinning
                 # must never starve the thread we are waiting for
                 sched_yield()
@@ -1936,7 +1943,7 @@ cdef class Hub:
         in its buffer."""
         cdef int n, lfd = -1
         cdef bint spun = False
-        cdef double until
+        cdef double until, t, calm
         cdef uint64_t one = 1
         cdef ssize_t got = -1
         cdef int err = EAGAIN
@@ -1958,7 +1965,9 @@ cdef class Hub:
             with nogil:
                 spun = fm_slot_enter()
                 if spun:
-                    until = _now() + self.spin_now * 1e-6
+                    t = _now()
+                    until = t + self.spin_now * 1e-6
+                    calm = t + CALM_SPIN_S
                     while True:
                         if lfd >= 0:
                             got = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)
@@ -1966,9 +1975,10 @@ cdef class Hub:
                             if got >= 0 or not fm_again(err):
                                 break
                         n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
-                        if n != 0 or _now() >= until:
+                        t = _now()
+                        if n != 0 or t >= until:
                             break
-                        if g_spin_yield:
+                        if g_spin_yield and t >= calm:
                             sched_yield()
                     fm_slot_leave()
         if got >= 0 or not fm_again(err):
