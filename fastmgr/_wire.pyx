@@ -5,7 +5,9 @@ The byte formats are specified in ``_protocol.py``; ``_wire_py.py`` is the
 readable twin of this module and the tests hold the two to the same bytes.
 
 Waiting for a message spins first (a non-blocking ``recv`` in a loop, GIL
-released) for a bounded, adaptive budget, then blocks in ``poll``.  Waking a
+released) for a bounded, adaptive budget, then blocks (in ``recv`` itself,
+or in ``poll`` when there is a deadline).  The server's ``Hub`` waits the
+same way for all its connections at once, in ``epoll``.  Waking a
 sleeping thread on another CPU costs tens of microseconds on a VM, far more
 than all of this module's work per call, so a reply that arrives within the
 spin window is the difference between ~5 us and ~40 us a call.

@@ -178,7 +178,7 @@ class Server:
             conn.close()
 
     def handle_connection(self, sock, peer=None):
-        """Authenticate, then serve one connection until it closes."""
+        """Authenticate a new connection, then hand it to the hub."""
         conn = None
         try:
             conn = self.listener.wrap(sock, self.ssl_context)
