@@ -1051,10 +1051,16 @@ cdef class Connection:
         while self.rend - self.rstart < need:
             space = self.rcap - self.rend
             spun = False
-            # non-blocking, so the GIL stays: releasing it would hand it to
-            # another thread and cost a switch to take it back
-            got = c_recv(self.fd, self.rbuf + self.rend, space, MSG_DONTWAIT)
-            err = errno
+            if self.spin_now == 0 and deadline < 0:
+                # neither spinning nor a deadline: straight to the blocking
+                # recv below, which returns at once if bytes are there
+                got = -1
+                err = EAGAIN
+            else:
+                # non-blocking, so the GIL stays: releasing it would hand it
+                # to another thread and cost a switch to take it back
+                got = c_recv(self.fd, self.rbuf + self.rend, space, MSG_DONTWAIT)
+                err = errno
             if got < 0 and fm_again(err) and self.spin_now > 0:
                 with nogil:
                     spun = fm_slot_enter()
