@@ -1051,9 +1051,10 @@ cdef class Connection:
         while self.rend - self.rstart < need:
             space = self.rcap - self.rend
             spun = False
-            if self.spin_now == 0 and deadline < 0:
-                # neither spinning nor a deadline: straight to the blocking
-                # recv below, which returns at once if bytes are there
+            if (self.spin_now == 0 or fm_slot_max == 0) and deadline < 0:
+                # neither spinning (nor able to: one CPU) nor a deadline:
+                # straight to the blocking recv below, which returns at once
+                # if bytes are there
                 got = -1
                 err = EAGAIN
             else:
