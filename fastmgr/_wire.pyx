@@ -257,6 +257,9 @@ cdef enum:
     MAX_SPIN_US = 10000
     # spins between two looks at the CPUs this process may use
     SPINS_PER_REFRESH = 4096
+    # blocking waits before spinning is tried again, at first and at most
+    PROBE_MIN = 64
+    PROBE_MAX = 4096
 
 # spinning yields the CPU at every turn, but only after this long: the
 # common reply comes within it, and a yield costs more than a recv
@@ -325,10 +328,13 @@ def get_spin():
     return g_spin_us
 
 
-cdef void _adapt_spin(int* now, int* misses, int budget, bint spun, bint paid) noexcept:
+cdef void _adapt_spin(int* now, int* misses, int* wait, int budget, bint spun,
+                      bint paid) noexcept:
     """Grow a spin budget (now, at most budget µs) when spinning caught the
-    message, shrink it when it did not, and try again now and then after
-    it reached zero; misses counts blocking waits since spinning paid."""
+    message, shrink it when it did not, and try again after `wait` blocking
+    waits once it reached zero (misses counts them); each try that fails
+    doubles the wait, so where spinning never pays (more busy processes
+    than CPUs) it costs next to nothing."""
     global g_spins
     if spun:
         g_spins += 1
@@ -336,15 +342,20 @@ cdef void _adapt_spin(int* now, int* misses, int budget, bint spun, bint paid) n
             # pinned to one CPU since?  then spinning only gets in the way
             g_spins = 0
             _refresh_max_spinners()
+    if wait[0] < PROBE_MIN:
+        wait[0] = PROBE_MIN
     if spun and paid:
         misses[0] = 0
+        wait[0] = PROBE_MIN
         if now[0] < budget:
             now[0] = min(budget, now[0] * 2)
     elif spun:
         now[0] //= 2
+        if now[0] == 0 and wait[0] < PROBE_MAX:
+            wait[0] *= 2
     else:
         misses[0] += 1
-        if misses[0] >= 64:
+        if misses[0] >= wait[0]:
             # now and then, look again: the CPUs we may use can change
             misses[0] = 0
             _refresh_max_spinners()
@@ -887,6 +898,7 @@ cdef class Connection:
     cdef public int spin_us         # spin budget before blocking
     cdef int spin_now               # the adaptive budget in force (<= spin_us)
     cdef int spin_misses            # blocking waits since spinning last paid off
+    cdef int spin_wait              # blocking waits before spinning is tried again
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods
     cdef unsigned char* rbuf        # incoming bytes
@@ -1148,7 +1160,7 @@ cdef class Connection:
         return 0
 
     cdef inline void _adapt(self, bint spun, bint paid) noexcept:
-        _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, spun, paid)
+        _adapt_spin(&self.spin_now, &self.spin_misses, &self.spin_wait, self.spin_us, spun, paid)
 
     cdef int _recv_frame(self, Py_ssize_t limit, Py_ssize_t* start, Py_ssize_t* size) except -1:
         """Receive one frame; its body is rbuf[start:start + size] until the
@@ -1838,6 +1850,7 @@ cdef class Hub:
     cdef public int spin_us
     cdef int spin_now
     cdef int spin_misses
+    cdef int spin_wait
     cdef long generation            # bumped each time a stuck loop thread is replaced
     cdef long call_seq              # bumped for every connection the loop serves
     cdef long busy                  # 1 while the loop serves a connection
@@ -1996,10 +2009,11 @@ cdef class Hub:
             events[0].data.u64 = ls.token
             n = 1
         if n > 0:
-            _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, True, True)
+            _adapt_spin(&self.spin_now, &self.spin_misses, &self.spin_wait, self.spin_us, True, True)
             return n
         if spun or self.spin_us > 0:
-            _adapt_spin(&self.spin_now, &self.spin_misses, self.spin_us, spun, False)
+            _adapt_spin(&self.spin_now, &self.spin_misses, &self.spin_wait, self.spin_us, spun,
+                        False)
         with nogil:
             fm_store(&self.blocked, 1)
             n = epoll_wait(self.epfd, events, MAX_EVENTS, -1)
