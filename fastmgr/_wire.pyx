@@ -256,7 +256,7 @@ cdef enum:
     # the largest spin budget (µs); see FM_STALE_NS
     MAX_SPIN_US = 10000
     # spins between two looks at the CPUs this process may use
-    SPINS_PER_REFRESH = 4096
+    SPINS_PER_REFRESH = 256
     # blocking waits before spinning is tried again, at first and at most
     PROBE_MIN = 64
     PROBE_MAX = 4096
