@@ -2149,19 +2149,16 @@ cdef class Hub:
     cdef bint _stuck(self, long seq, bint long_enough):
         """Whether the loop still serves the same connection, and is not
         merely computing (or preempted) for less than the patience."""
-        if not self.busy or self.call_seq != seq or self.current is None:
-            return False
-        if long_enough:
-            return True
-        try:
-            with open("/proc/self/task/%d/stat" % self.loop_tid, "rb") as f:
-                state = f.read().rpartition(b")")[2].split()[0]
-        except (OSError, IndexError, TypeError):
-            return False
-        # reading /proc let the GIL go: the loop may have moved on meanwhile
-        if not self.busy or self.call_seq != seq or self.current is None:
-            return False
-        return state != b"R"
+        if not long_enough:
+            try:
+                with open("/proc/self/task/%d/stat" % self.loop_tid, "rb") as f:
+                    if f.read().rpartition(b")")[2].split()[0] == b"R":
+                        return False
+            except (OSError, IndexError, TypeError):
+                return False
+        # looked at only now: reading /proc lets the GIL go, and the loop
+        # may move on meanwhile
+        return self.busy and self.call_seq == seq and self.current is not None
 
     cdef int _replace(self) except -1:
         """Leave the stuck loop thread with its connection; start another."""

@@ -695,10 +695,10 @@ class Hub:
     of its own at once (see ``_wire.pyi``)."""
 
     def __init__(self, table, fallback, start_thread, spin_us=None):
+        # spin_us is part of the contract; this hub never spins
         self.table = table
         self.fallback = fallback
         self.start_thread = start_thread
-        self.spin_us = spin_us
         self.closed = False
         self.handovers = 0
 

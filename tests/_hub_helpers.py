@@ -9,9 +9,9 @@ every wait in a child is bounded by ``WAIT``.
 """
 import multiprocessing.managers
 import threading
-import traceback
 
 import fastmgr
+from _programs import _report_errors
 
 WAIT = 10  # seconds: the bound on any single wait in a child
 
@@ -78,18 +78,6 @@ def gate_manager_class(module):
     return FastGateManager if module is fastmgr else StdlibGateManager
 
 
-def _report(conn, fn, *args):
-    try:
-        result = fn(*args)
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    else:
-        conn.send(("ok", result))
-    finally:
-        conn.close()
-
-
 def _expect(conn, word):
     if not conn.poll(WAIT):
         raise TimeoutError("no %r from the parent within %ss" % (word, WAIT))
@@ -114,7 +102,7 @@ def rlock_owner(lock, conn):
         _expect(conn, "release")
         lock.release()
         return steps
-    _report(conn, run)
+    _report_errors(conn, run)
 
 
 def condition_waiter(cond, conn):
@@ -124,21 +112,21 @@ def condition_waiter(cond, conn):
             # the parent can take the lock only once wait() released it
             conn.send("waiting")
             return cond.wait(WAIT)
-    _report(conn, run)
+    _report_errors(conn, run)
 
 
 def gate_waiter(gate, conn):
     def run():
         conn.send("waiting")
         return gate.wait(WAIT)
-    _report(conn, run)
+    _report_errors(conn, run)
 
 
 def queue_getter(queue, conn):
     def run():
         conn.send("getting")
         return queue.get(timeout=WAIT)
-    _report(conn, run)
+    _report_errors(conn, run)
 
 
 # ---------------------------------------------------------------------------

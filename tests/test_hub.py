@@ -24,13 +24,17 @@ import time
 import pytest
 
 import _hub_helpers as H
-from conftest import child_env
+import conftest
+from conftest import Worker, child_env
 from fastmgr import _protocol as P
 from fastmgr.errors import MessageTooLarge, ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10  # seconds: the bound on any single wait
+
+receive = functools.partial(conftest.receive, timeout=WAIT)
+result = functools.partial(conftest.child_result, timeout=WAIT)
 
 
 # ---------------------------------------------------------------------------
@@ -218,28 +222,6 @@ def compiled(wire):
     """Whether the hub under test is the compiled one (one loop thread)."""
     return wire.IMPLEMENTATION == "compiled"
 
-
-class Worker(threading.Thread):
-    """Runs fn(*args) in a thread and keeps the result or the exception."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result = self.error = None
-        self.start()
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def outcome(self, timeout=WAIT):
-        self.join(timeout)
-        assert not self.is_alive(), "worker thread did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def wait_for(predicate, timeout=WAIT):
@@ -700,31 +682,11 @@ def gate_manager(impl):
     m.shutdown()
 
 
-def receive(conn, proc, timeout=WAIT):
-    """The next message from a child; its traceback fails the test."""
-    if not conn.poll(timeout):
-        pytest.fail("no message from %r within %ss" % (proc, timeout))
-    try:
-        message = conn.recv()
-    except EOFError:
-        proc.join(5)
-        pytest.fail("%r closed its pipe without a message (exitcode %r)" % (proc, proc.exitcode))
-    if isinstance(message, tuple) and message[0] == "error":
-        pytest.fail("%r failed:\n%s" % (proc, message[1]))
-    return message
-
-
 def in_new_thread(steps):
     """Run this process's side of a test from a new thread: its proxies
     then use a new connection, which no earlier test moved to a thread of
     its own (on fastmgr's server it starts on the shared loop)."""
     Worker(steps).outcome(3 * WAIT)
-
-
-def result(conn, proc):
-    tag, value = receive(conn, proc)
-    assert tag == "ok"
-    return value
 
 
 def _check_held_by_one_client(lock, ctx, children):

@@ -18,6 +18,7 @@ import pytest
 
 import _programs
 from _programs import AUTHKEY, CustomError, MyManager, QueueManager
+from conftest import child_result, receive
 from fastmgr import RemoteError
 
 METHODS = ["fork", "spawn"]
@@ -71,26 +72,6 @@ def _join(proc, timeout=WAIT):
     assert proc.exitcode == 0, "%r exited with %r" % (proc, proc.exitcode)
 
 
-def _recv(conn, proc, timeout=WAIT):
-    """The next message from a child; a child's traceback fails the test."""
-    if not conn.poll(timeout):
-        pytest.fail("no message from %r within %ss" % (proc, timeout))
-    try:
-        message = conn.recv()
-    except EOFError:
-        proc.join(5)
-        pytest.fail("%r closed its pipe without a message (exitcode %r)" % (proc, proc.exitcode))
-    if message[0] == "error":
-        pytest.fail("%r failed:\n%s" % (proc, message[1]))
-    return message
-
-
-def _result(conn, proc):
-    tag, value = _recv(conn, proc)
-    assert tag == "ok"
-    return value
-
-
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -110,7 +91,7 @@ def _start_server(ctx, target, transport, tmp_path, procs, extra=()):
         proc.start()
         procs.append(proc)
         writer.close()
-        message = _recv(reader, proc)
+        message = receive(reader, proc)
         if message[0] == "oserror" and message[1] == errno.EADDRINUSE:
             reader.close()
             _join(proc)
@@ -262,8 +243,8 @@ def test_remote_manager(method, transport, tmp_path):
         procs.append(putter)
         put_w.close()
 
-        assert _result(put_r, putter) == len(ITEMS)
-        got = _result(get_r, getter)
+        assert child_result(put_r, putter) == len(ITEMS)
+        got = child_result(get_r, getter)
         assert got == ITEMS
         assert [type(x) for x in got] == [type(x) for x in ITEMS]
         _join(putter)
@@ -300,7 +281,7 @@ def test_local_processes_and_remote_manager(method, transport, tmp_path):
     try:
         server, address, status = _start_server(ctx, _programs.producer_server, transport,
                                                 tmp_path, procs, extra=(method, count))
-        tag, producer_pid = _recv(status, server)
+        tag, producer_pid = receive(status, server)
         assert tag == "pid" and producer_pid > 0
 
         get_r, get_w = ctx.Pipe(duplex=False)
@@ -309,7 +290,7 @@ def test_local_processes_and_remote_manager(method, transport, tmp_path):
         client.start()
         procs.append(client)
         get_w.close()
-        got = _result(get_r, client)
+        got = child_result(get_r, client)
         # the producer ran by this test's start method, as the server's child
         assert got[0] == ("from", method, server.pid)
         assert got[1:] == [("item", i, "x" * (i % 7)) for i in range(count)]
@@ -341,7 +322,7 @@ def test_proxy_passed_to_child(method, transport):
         try:
             child.start()
             out_w.close()
-            value, child_repr = _result(out_r, child)
+            value, child_repr = child_result(out_r, child)
             _join(child)
         finally:
             _stop(child)

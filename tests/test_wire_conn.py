@@ -6,11 +6,11 @@ import multiprocessing.connection
 import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
 
+from conftest import Worker
 from fastmgr import _protocol as P
 from fastmgr.errors import AuthenticationError, MessageTooLarge, ProtocolError
 
@@ -57,29 +57,6 @@ def half(wire, transport):
     yield conn, theirs
     conn.close()
     theirs.close()
-
-
-class Worker(threading.Thread):
-    """Runs fn(*args) in a thread and keeps the result or the exception."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result = self.error = None
-        self.start()
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def outcome(self, timeout=10):
-        self.join(timeout)
-        assert not self.is_alive(), "worker thread did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 # -- messages --------------------------------------------------------------------
