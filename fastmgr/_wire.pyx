@@ -1963,7 +1963,7 @@ cdef class Hub:
         connection served last, whose next request is the likeliest: when
         that catches it, its event is the one returned, its bytes already
         in its buffer."""
-        cdef int n, lfd = -1
+        cdef int n = 0, lfd = -1
         cdef bint spun = False
         cdef double until, t, calm
         cdef uint64_t one = 1
