@@ -28,6 +28,7 @@ from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, errno
+from libc.math cimport exp
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap
@@ -162,8 +163,10 @@ cdef extern from *:
     /* Spinners are counted across processes, in slots of a small shared
        mapping (one per user): each slot holds the monotonic time its
        spinner began, 0 when free; a slot older than FM_STALE_NS belonged to
-       a process that died mid-spin and may be taken.  Without the mapping,
-       spinners are counted per process. */
+       a process that died mid-spin and may be taken.  fm_slot_enter()
+       returns 0 (no slot free), 1 (fewer other spinners than CPUs) or 2
+       (as many or more).  Without the mapping, spinners are counted per
+       process. */
     #define FM_STALE_NS 50000000LL
     static int64_t *fm_slots = NULL;
     static int fm_slot_max = 0;
@@ -175,21 +178,24 @@ cdef extern from *:
         return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
     static inline int fm_slot_enter(void) {
-        int i;
+        int i, busy = 0;
         int64_t now, v;
         if (fm_slots == NULL) return fm_spin_enter();
         now = fm_now_ns();
+        fm_slot = -1;
         for (i = 0; i < fm_slot_max; i++) {
             v = __atomic_load_n(&fm_slots[i], __ATOMIC_RELAXED);
-            if ((v == 0 || now - v > FM_STALE_NS) &&
-                __atomic_compare_exchange_n(&fm_slots[i], &v, now, 0,
-                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            if (v != 0 && now - v <= FM_STALE_NS)
+                busy++;
+            else if (fm_slot < 0 &&
+                     __atomic_compare_exchange_n(&fm_slots[i], &v, now, 0,
+                                                 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
                 fm_slot = i;
                 fm_slot_stamp = now;
-                return 1;
             }
         }
-        return 0;
+        if (fm_slot < 0) return 0;
+        return busy < fm_max_spinners ? 1 : 2;
     }
     static inline void fm_slot_leave(void) {
         int64_t v = fm_slot_stamp;
@@ -249,6 +255,20 @@ cdef enum:
     RESP_PROXY = 0x13
     # encoder result: the value nests too deeply and must be pickled whole
     TOO_DEEP = 1
+    # what a spin came to (_adapt_spin): none, caught the message, ran out
+    # of budget, or was cut short by a long yield
+    SPIN_OFF = 0
+    SPIN_PAID = 1
+    SPIN_MISSED = 2
+    SPIN_LONG_YIELD = 3
+    # fm_slot_enter(): a slot taken while fewer others spin than there are
+    # CPUs, whose spinner yields only after CALM_SPIN_S, or one taken while
+    # as many or more spin, whose spinner yields at every turn
+    SLOT_FULL = 1
+    SLOT_POLITE = 2
+    # slots per CPU: a polite spinner's turn costs about 1 µs, so this many
+    # go round well within a spin budget
+    SLOTS_PER_CPU = 8
     # most large bytes values one message keeps external (see WriteBuffer)
     MAX_EXTERNALS = 64
     # machine-wide client spinner slots
@@ -264,6 +284,32 @@ cdef enum:
 # spinning yields the CPU at every turn, but only after this long: the
 # common reply comes within it, and a yield costs more than a recv
 cdef double CALM_SPIN_S = 4e-6
+# ... unless most recent catches came only after a yield (more than
+# CALM_LATE_MAX of them): then the peer runs only while we yield, because it
+# shares our CPU, and the calm phase is time taken from it.  Such spins
+# yield at once, but for one in CALM_PROBE, which looks again.
+cdef double CALM_LATE_MAX = 0.75
+cdef unsigned int CALM_PROBE = 64
+# A yield that kept the CPU from us this long means a busy thread took it
+# for a whole time slice: the spin stops there.  That happens now and then
+# anyway, but where a busy process shares our CPUs it happens often, and a
+# spinner (which the scheduler does not hurry back, as it does a woken
+# sleeper) loses more time than blocking would: when the time lost in long
+# yields, decaying with LOST_TAU_S, passes LOST_MAX_S, spinning stops for
+# PROBE_MAX blocking waits.
+cdef double LONG_YIELD_S = 1e-3
+cdef double LOST_TAU_S = 1.0
+cdef double LOST_MAX_S = 0.05
+
+cdef struct SpinState:
+    int now             # the budget in force, µs (at most the owner's spin_us)
+    int misses          # blocking waits since the budget reached zero
+    int wait            # blocking waits before spinning is tried again
+    double lost         # seconds lost in long yields, decayed to lost_at
+    double lost_at      # when lost was last brought up to date
+    unsigned int spins  # spins so far
+    bint calm           # the spin in progress began with a calm phase
+    double late         # share of recent calm spins that caught only after yielding
 
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
@@ -278,16 +324,17 @@ cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_U
 
 
 cdef void _refresh_max_spinners() noexcept:
-    """Spinning pays only with a free CPU for the peer: no more spinners
-    than CPUs on the whole machine (counted in the shared slots), and none
-    when this process may use a single CPU."""
+    """Spinning pays only where the peer can run beside us: none when this
+    process may use a single CPU; otherwise as many spinners as CPUs on the
+    whole machine (counted in the shared slots) spin freely, and up to
+    SLOTS_PER_CPU times as many more yield the CPU at every turn."""
     global fm_max_spinners, fm_slot_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = _os.cpu_count() or 1
     fm_max_spinners = ncpu if ncpu > 1 else 0
-    fm_slot_max = min(fm_max_spinners, MAX_SLOTS)
+    fm_slot_max = min(SLOTS_PER_CPU * fm_max_spinners, MAX_SLOTS)
 
 
 cdef void _map_slots() noexcept:
@@ -328,38 +375,61 @@ def get_spin():
     return g_spin_us
 
 
-cdef void _adapt_spin(int* now, int* misses, int* wait, int budget, bint spun,
-                      bint paid) noexcept:
-    """Grow a spin budget (now, at most budget µs) when spinning caught the
-    message, shrink it when it did not, and try again after `wait` blocking
-    waits once it reached zero (misses counts them); each try that fails
-    doubles the wait, so where spinning never pays (more busy processes
-    than CPUs) it costs next to nothing."""
+cdef void _adapt_spin(SpinState* st, int budget, int outcome) noexcept:
+    """Grow a spin budget (st.now, at most budget µs) when spinning caught
+    the message, halve it when it did not, and try again after st.wait
+    blocking waits once it reached zero; each try that fails doubles the
+    wait, so where spinning never pays it costs next to nothing."""
     global g_spins
-    if spun:
+    if outcome != SPIN_OFF:
         g_spins += 1
         if g_spins >= SPINS_PER_REFRESH:
             # pinned to one CPU since?  then spinning only gets in the way
             g_spins = 0
             _refresh_max_spinners()
-    if wait[0] < PROBE_MIN:
-        wait[0] = PROBE_MIN
-    if spun and paid:
-        misses[0] = 0
-        wait[0] = PROBE_MIN
-        if now[0] < budget:
-            now[0] = min(budget, now[0] * 2)
-    elif spun:
-        now[0] //= 2
-        if now[0] == 0 and wait[0] < PROBE_MAX:
-            wait[0] *= 2
+    if st.wait < PROBE_MIN:
+        st.wait = PROBE_MIN
+    if outcome == SPIN_PAID:
+        st.misses = 0
+        st.wait = PROBE_MIN
+        st.now = min(budget, st.now * 2)
+    elif outcome == SPIN_LONG_YIELD and st.lost > LOST_MAX_S:
+        st.now = 0
+        st.misses = 0
+        st.wait = PROBE_MAX
+    elif outcome != SPIN_OFF:
+        st.now //= 2
+        if st.now == 0 and st.wait < PROBE_MAX:
+            st.wait *= 2
     else:
-        misses[0] += 1
-        if misses[0] >= wait[0]:
+        st.misses += 1
+        if st.misses >= st.wait:
             # now and then, look again: the CPUs we may use can change
-            misses[0] = 0
+            st.misses = 0
             _refresh_max_spinners()
-            now[0] = budget
+            st.now = budget
+
+
+cdef inline bint _long_yield(SpinState* st, double before, double after) noexcept nogil:
+    """Whether a yield from before to after was long; if so, count it."""
+    if after - before < LONG_YIELD_S:
+        return False
+    st.lost = st.lost * exp((st.lost_at - after) / LOST_TAU_S) + (after - before)
+    st.lost_at = after
+    return True
+
+
+cdef inline double _calm_until(SpinState* st, int slot, double t) noexcept nogil:
+    """When a spin that begins at t starts yielding at every turn."""
+    st.spins += 1
+    st.calm = slot == SLOT_FULL and (st.late < CALM_LATE_MAX or st.spins % CALM_PROBE == 0)
+    return t + CALM_SPIN_S if st.calm else t
+
+
+cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
+    """A spin caught its message; yielded: only after yielding."""
+    if st.calm:
+        st.late += ((1.0 if yielded else 0.0) - st.late) / 16.0
 
 
 cdef inline double _now() noexcept nogil:
@@ -895,10 +965,8 @@ cdef class Connection:
     cdef readonly Codec codec
     cdef public Py_ssize_t max_message
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
-    cdef public int spin_us         # spin budget before blocking
-    cdef int spin_now               # the adaptive budget in force (<= spin_us)
-    cdef int spin_misses            # blocking waits since spinning last paid off
-    cdef int spin_wait              # blocking waits before spinning is tried again
+    cdef int _spin_us               # spin budget before blocking, µs
+    cdef SpinState spin             # how the budget in force adapts
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods
     cdef unsigned char* rbuf        # incoming bytes
@@ -921,7 +989,6 @@ cdef class Connection:
         self.max_message = max_message
         self.timeout = timeout
         self.spin_us = g_spin_us
-        self.spin_now = g_spin_us
         self.wbuf = WriteBuffer()
         self.wbuf.allow_external = True
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
@@ -931,12 +998,19 @@ cdef class Connection:
             # TLS: bytes go through the SSL object, not straight to the fd
             self.pyio = isinstance(sock, ssl.SSLSocket)
         if self.pyio:
-            self.spin_us = self.spin_now = 0
+            self.spin_us = 0
         else:
             sock.setblocking(True)
 
     def __dealloc__(self):
         PyMem_Free(self.rbuf)
+
+    property spin_us:
+        """Spin budget before blocking, µs (0: never spin)."""
+        def __get__(self):
+            return self._spin_us
+        def __set__(self, int value):
+            self._spin_us = self.spin.now = value
 
     property timeout:
         def __get__(self):
@@ -1018,24 +1092,35 @@ cdef class Connection:
     cdef inline double _deadline(self) noexcept:
         return NO_TIMEOUT if self._timeout < 0 else _now() + self._timeout
 
-    cdef ssize_t _spin_recv(self, unsigned char* dst, Py_ssize_t space) noexcept nogil:
-        """Poll with non-blocking recv for up to spin_now µs. Returns what
-        recv returned last (-1 with EAGAIN when the budget ran out)."""
+    cdef ssize_t _spin_recv(self, unsigned char* dst, Py_ssize_t space, int slot,
+                            int* outcome) noexcept nogil:
+        """Poll with non-blocking recv for up to spin.now µs. Returns what
+        recv returned last, or -1 with EAGAIN when the budget ran out
+        (outcome SPIN_MISSED) or a yield kept the CPU from us too long
+        (SPIN_LONG_YIELD)."""
         cdef ssize_t got
         cdef double t = _now()
-        cdef double until = t + self.spin_now * 1e-6
-        cdef double calm = t + CALM_SPIN_S
+        cdef double until = t + self.spin.now * 1e-6
+        cdef double calm = _calm_until(&self.spin, slot, t)
+        cdef bint yielded = False
         while True:
             got = c_recv(self.fd, dst, space, MSG_DONTWAIT)
             if got >= 0 or not fm_again(errno):
+                _caught(&self.spin, yielded)
                 return got
             t = _now()
             if t >= until:
+                outcome[0] = SPIN_MISSED
                 return -1
             if g_spin_yield and t >= calm:
                 # a peer (or anyone) waiting for this CPU gets it: spinning
                 # must never starve the thread we are waiting for
                 sched_yield()
+                yielded = True
+                if _long_yield(&self.spin, t, _now()):
+                    outcome[0] = SPIN_LONG_YIELD
+                    fm_set_errno(EAGAIN)
+                    return -1
 
     cdef int _fill(self, Py_ssize_t need, double deadline) except -1:
         """Read until rbuf holds at least need unconsumed bytes.
@@ -1044,7 +1129,7 @@ cdef class Connection:
         cdef int err
         cdef Py_ssize_t have, space
         cdef unsigned char* nbuf
-        cdef bint spun
+        cdef int slot, outcome
         self._check_open()
         if self.rstart + need > self.rcap:
             # compact first, grow only if that is not enough
@@ -1062,8 +1147,8 @@ cdef class Connection:
             return self._fill_pyio(need, deadline)
         while self.rend - self.rstart < need:
             space = self.rcap - self.rend
-            spun = False
-            if (self.spin_now == 0 or fm_slot_max == 0) and deadline < 0:
+            outcome = SPIN_OFF
+            if (self.spin.now == 0 or fm_slot_max == 0) and deadline < 0:
                 # neither spinning (nor able to: one CPU) nor a deadline:
                 # straight to the blocking recv below, which returns at once
                 # if bytes are there
@@ -1074,16 +1159,17 @@ cdef class Connection:
                 # to another thread and cost a switch to take it back
                 got = c_recv(self.fd, self.rbuf + self.rend, space, MSG_DONTWAIT)
                 err = errno
-            if got < 0 and fm_again(err) and self.spin_now > 0:
+            if got < 0 and fm_again(err) and self.spin.now > 0:
                 with nogil:
-                    spun = fm_slot_enter()
-                    if spun:
-                        got = self._spin_recv(self.rbuf + self.rend, space)
+                    slot = fm_slot_enter()
+                    if slot:
+                        outcome = SPIN_PAID
+                        got = self._spin_recv(self.rbuf + self.rend, space, slot, &outcome)
                         err = errno
                         fm_slot_leave()
             if got < 0 and fm_again(err):
-                if spun or self.spin_us > 0:
-                    self._adapt(spun, False)
+                if outcome != SPIN_OFF or self._spin_us > 0:
+                    _adapt_spin(&self.spin, self._spin_us, outcome)
                 if deadline >= 0:
                     self._wait(POLLIN, deadline)
                     continue
@@ -1096,8 +1182,8 @@ cdef class Connection:
                 if got < 0 and fm_again(err):
                     self._wait(POLLIN, deadline)
                     continue
-            elif spun:
-                self._adapt(True, True)
+            elif outcome != SPIN_OFF:
+                _adapt_spin(&self.spin, self._spin_us, SPIN_PAID)
             if got > 0:
                 self.rend += got
             elif got == 0:
@@ -1158,9 +1244,6 @@ cdef class Connection:
             self.close()
             raise TimeoutError("timed out after %.3g s sending to the peer" % self._timeout)
         return 0
-
-    cdef inline void _adapt(self, bint spun, bint paid) noexcept:
-        _adapt_spin(&self.spin_now, &self.spin_misses, &self.spin_wait, self.spin_us, spun, paid)
 
     cdef int _recv_frame(self, Py_ssize_t limit, Py_ssize_t* start, Py_ssize_t* size) except -1:
         """Receive one frame; its body is rbuf[start:start + size] until the
@@ -1848,9 +1931,7 @@ cdef class Hub:
     cdef dict served                # token -> _Served
     cdef uint64_t tokens
     cdef public int spin_us
-    cdef int spin_now
-    cdef int spin_misses
-    cdef int spin_wait
+    cdef SpinState spin
     cdef long generation            # bumped each time a stuck loop thread is replaced
     cdef long call_seq              # bumped for every connection the loop serves
     cdef long busy                  # 1 while the loop serves a connection
@@ -1874,7 +1955,7 @@ cdef class Hub:
         self.fallback = fallback
         self.start_thread = start_thread
         self.served = {}
-        self.spin_us = self.spin_now = g_spin_us if spin_us is None else spin_us
+        self.spin_us = self.spin.now = g_spin_us if spin_us is None else spin_us
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         self.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
         self.parkfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
@@ -1964,8 +2045,9 @@ cdef class Hub:
         that catches it, its event is the one returned, its bytes already
         in its buffer."""
         cdef int n = 0, lfd = -1
-        cdef bint spun = False
+        cdef int slot, outcome = SPIN_OFF
         cdef double until, t, calm
+        cdef bint yielded = False
         cdef uint64_t one = 1
         cdef ssize_t got = -1
         cdef int err = EAGAIN
@@ -1973,7 +2055,7 @@ cdef class Hub:
         cdef size_t lspace = 0
         cdef Connection lconn
         cdef _Served ls = self.last
-        if self.spin_now > 0 and fm_slot_max > 0:
+        if self.spin.now > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
             if n > 0:
                 return n
@@ -1983,25 +2065,34 @@ cdef class Hub:
                 lfd = lconn.fd
                 lbuf = lconn.rbuf + lconn.rend
                 lspace = lconn.rcap - lconn.rend
-        if self.spin_now > 0:
+        if self.spin.now > 0:
             with nogil:
-                spun = fm_slot_enter()
-                if spun:
+                slot = fm_slot_enter()
+                if slot:
+                    outcome = SPIN_MISSED
                     t = _now()
-                    until = t + self.spin_now * 1e-6
-                    calm = t + CALM_SPIN_S
+                    until = t + self.spin.now * 1e-6
+                    calm = _calm_until(&self.spin, slot, t)
                     while True:
                         if lfd >= 0:
                             got = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)
                             err = errno
                             if got >= 0 or not fm_again(err):
+                                _caught(&self.spin, yielded)
                                 break
                         n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+                        if n > 0:
+                            _caught(&self.spin, yielded)
+                            break
                         t = _now()
                         if n != 0 or t >= until:
                             break
                         if g_spin_yield and t >= calm:
                             sched_yield()
+                            yielded = True
+                            if _long_yield(&self.spin, t, _now()):
+                                outcome = SPIN_LONG_YIELD
+                                break
                     fm_slot_leave()
         if got >= 0 or not fm_again(err):
             if got > 0:
@@ -2009,11 +2100,10 @@ cdef class Hub:
             events[0].data.u64 = ls.token
             n = 1
         if n > 0:
-            _adapt_spin(&self.spin_now, &self.spin_misses, &self.spin_wait, self.spin_us, True, True)
+            _adapt_spin(&self.spin, self.spin_us, SPIN_PAID)
             return n
-        if spun or self.spin_us > 0:
-            _adapt_spin(&self.spin_now, &self.spin_misses, &self.spin_wait, self.spin_us, spun,
-                        False)
+        if outcome != SPIN_OFF or self.spin_us > 0:
+            _adapt_spin(&self.spin, self.spin_us, outcome)
         with nogil:
             fm_store(&self.blocked, 1)
             n = epoll_wait(self.epfd, events, MAX_EVENTS, -1)

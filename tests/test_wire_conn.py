@@ -132,6 +132,33 @@ def test_attributes(wire, transport):
         conn.close()
 
 
+@pytest.mark.parametrize("spin_us", [0, 1, 10000])
+def test_spin_budget_is_settable_and_calls_work_with_any(wire, transport, spin_us):
+    """A budget set on a connection is the one it uses (0: it never spins);
+    replies that come late, early, or while the other side is busy all
+    arrive whatever the budget."""
+    s1, s2 = raw_pair(transport)
+    a, b = wire.Connection(s1), wire.Connection(s2)
+    try:
+        a.spin_us = b.spin_us = spin_us
+        assert (a.spin_us, b.spin_us) == (spin_us, spin_us)
+
+        def echo():
+            for i in range(200):
+                if i % 50 == 0:
+                    time.sleep(0.002)  # past any budget: the waiter blocks
+                b.send(b.recv())
+
+        worker = Worker(echo)
+        for i in range(200):
+            a.send(i)
+            assert a.recv() == i
+        worker.outcome()
+    finally:
+        a.close()
+        b.close()
+
+
 def test_close(half):
     conn, theirs = half
     conn.close()
