@@ -1094,24 +1094,16 @@ cdef class Connection:
 
     cdef ssize_t _spin_recv(self, unsigned char* dst, Py_ssize_t space, int slot,
                             int* outcome) noexcept nogil:
-        """Poll with non-blocking recv for up to spin.now µs. Returns what
-        recv returned last, or -1 with EAGAIN when the budget ran out
-        (outcome SPIN_MISSED) or a yield kept the CPU from us too long
-        (SPIN_LONG_YIELD)."""
+        """Poll with non-blocking recv for up to spin.now µs (the caller
+        has just found nothing).  Returns what recv returned last, or -1
+        with EAGAIN when the budget ran out (outcome SPIN_MISSED) or a
+        yield kept the CPU from us too long (SPIN_LONG_YIELD)."""
         cdef ssize_t got
         cdef double t = _now()
         cdef double until = t + self.spin.now * 1e-6
         cdef double calm = _calm_until(&self.spin, slot, t)
         cdef bint yielded = False
         while True:
-            got = c_recv(self.fd, dst, space, MSG_DONTWAIT)
-            if got >= 0 or not fm_again(errno):
-                _caught(&self.spin, yielded)
-                return got
-            t = _now()
-            if t >= until:
-                outcome[0] = SPIN_MISSED
-                return -1
             if g_spin_yield and t >= calm:
                 # a peer (or anyone) waiting for this CPU gets it: spinning
                 # must never starve the thread we are waiting for
@@ -1121,6 +1113,14 @@ cdef class Connection:
                     outcome[0] = SPIN_LONG_YIELD
                     fm_set_errno(EAGAIN)
                     return -1
+            got = c_recv(self.fd, dst, space, MSG_DONTWAIT)
+            if got >= 0 or not fm_again(errno):
+                _caught(&self.spin, yielded)
+                return got
+            t = _now()
+            if t >= until:
+                outcome[0] = SPIN_MISSED
+                return -1
 
     cdef int _fill(self, Py_ssize_t need, double deadline) except -1:
         """Read until rbuf holds at least need unconsumed bytes.
