@@ -25,6 +25,18 @@ Handshake (before anything is decoded)
 3. server -> client: ``FAILURE`` if the digest is wrong (the server then
    closes), else ``WELCOME`` + ``HMAC-SHA256(key, b"S" + Nc)``.
 The different prefixes ``C``/``S`` stop a peer from reflecting a challenge.
+
+Shared-memory rings (unix sockets only, both ends compiled)
+------------------------------------------------------------
+A client whose hello ends with ``RING_HELLO`` sends, right after the
+handshake, a ``RING_OFFER`` frame carrying (SCM_RIGHTS) a zeroed memfd of
+``Connection.ring_size()`` bytes; the server answers ``RING_ACCEPT`` (having
+mapped it) or ``RING_DECLINE``.  After an accept, every byte that would have
+crossed the socket crosses two rings in that file instead (client to server
+first); the socket carries only wake-up bytes, and its EOF still means the
+peer is gone.  Each ring: u64 head (consumed), u64 tail (written), u32
+reader_waiting, u32 writer_waiting, each on its own 64-byte line, then
+``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
 Every handshake frame is at most ``MAX_HANDSHAKE_FRAME`` bytes; a longer or
 malformed one, a wrong digest, or a foreign magic raises
 ``multiprocessing.AuthenticationError`` on the side that sees it.
@@ -94,6 +106,10 @@ MAX_HELLO = 64
 MAX_HANDSHAKE_FRAME = 256
 WELCOME = b"#WELCOME#"
 FAILURE = b"#FAILURE#"
+RING_HELLO = b"#RING"
+RING_OFFER = b"#RING-OFFER#"
+RING_ACCEPT = b"#RING-OK#"
+RING_DECLINE = b"#RING-NO#"
 
 #: default ceiling for one message body after authentication (bytes)
 DEFAULT_MAX_MESSAGE = 1 << 30

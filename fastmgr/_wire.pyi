@@ -71,6 +71,17 @@ class Connection:
     def call(self, ident: int, method: str, args: tuple = (),
              kwds: Optional[dict] = None) -> Tuple[int, Any]:
         """send_request(REQ_CALL, ...) then recv_response()."""
+    # Compiled wire only (connection.can_ring() looks for attach_ring):
+    has_ring: bool
+    @staticmethod
+    def ring_size() -> int:
+        """Bytes of the memfd attach_ring() maps (two rings)."""
+    def attach_ring(self, fd: int, server: bool) -> None:
+        """From now on carry bytes through the two shared-memory rings in
+        fd (zeroed, ring_size() bytes; client to server first), the socket
+        kept for wake-ups and EOF.  Both sides attach before either sends;
+        raises ValueError if this connection already has bytes read ahead,
+        a ring, or TLS.  See _protocol.py."""
 
 def deliver_challenge(conn: Connection, authkey: bytes) -> bytes:
     """Server side of the handshake; returns the client's hello bytes.

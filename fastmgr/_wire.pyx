@@ -31,7 +31,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.math cimport exp
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
-from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
 import hmac as _hmac
 import os as _os
@@ -203,6 +203,56 @@ cdef extern from *:
         __atomic_compare_exchange_n(&fm_slots[fm_slot], &v, 0, 0,
                                     __ATOMIC_RELEASE, __ATOMIC_RELAXED);
     }
+    /* A shared-memory ring: one direction of a connection between two
+       processes on one machine (see Connection.attach_ring).  Positions
+       count bytes ever written (tail) and consumed (head); each side keeps
+       its own position privately and only publishes it, so a peer that
+       scribbles on the mapping can garble bytes (which are decoded as
+       untrusted anyway) or make positions impossible (reported as -1), but
+       never make us read or write outside the data area.  A side about
+       to sleep sets its *_waiting flag, then looks once more; a side that
+       moves its position then looks at the other's flag and, if set,
+       writes a byte to the socket beside the ring to wake it. */
+    #define FM_RING_CAP 262144u
+    typedef struct {
+        uint64_t head; char pad0[56];
+        uint64_t tail; char pad1[56];
+        uint32_t reader_waiting; char pad2[60];
+        uint32_t writer_waiting; char pad3[60];
+        unsigned char data[FM_RING_CAP];
+    } fm_ring;
+    static inline int64_t fm_ring_readable(fm_ring *r, uint64_t head) {
+        uint64_t n = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) - head;
+        return n > FM_RING_CAP ? -1 : (int64_t)n;
+    }
+    static inline int64_t fm_ring_writable(fm_ring *r, uint64_t tail) {
+        uint64_t used = tail - __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+        return used > FM_RING_CAP ? -1 : (int64_t)(FM_RING_CAP - used);
+    }
+    static inline void fm_ring_take(fm_ring *r, uint64_t *head, unsigned char *dst, size_t n) {
+        size_t at = (size_t)(*head % FM_RING_CAP), first = FM_RING_CAP - at;
+        if (first > n) first = n;
+        memcpy(dst, r->data + at, first);
+        memcpy(dst + first, r->data, n - first);
+        *head += n;
+        __atomic_store_n(&r->head, *head, __ATOMIC_RELEASE);
+    }
+    static inline void fm_ring_put(fm_ring *r, uint64_t *tail, const unsigned char *src, size_t n) {
+        size_t at = (size_t)(*tail % FM_RING_CAP), first = FM_RING_CAP - at;
+        if (first > n) first = n;
+        memcpy(r->data + at, src, first);
+        memcpy(r->data, src + first, n - first);
+        *tail += n;
+        __atomic_store_n(&r->tail, *tail, __ATOMIC_RELEASE);
+    }
+    static inline void fm_flag_set(uint32_t *flag, uint32_t v) {
+        __atomic_store_n(flag, v, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    static inline int fm_flag_seen(uint32_t *flag) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        return __atomic_load_n(flag, __ATOMIC_RELAXED) != 0;
+    }
     /* flags shared between a hub's loop thread and its watchdog */
     static inline long fm_load(long *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     static inline void fm_store(long *p, long v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
@@ -227,6 +277,16 @@ cdef extern from *:
     int fm_slot_enter() nogil
     void fm_slot_leave() nogil
     bint fm_again(int e) nogil
+    ctypedef struct fm_ring:
+        uint32_t reader_waiting
+        uint32_t writer_waiting
+    unsigned int FM_RING_CAP
+    int64_t fm_ring_readable(fm_ring* r, uint64_t head) nogil
+    int64_t fm_ring_writable(fm_ring* r, uint64_t tail) nogil
+    void fm_ring_take(fm_ring* r, uint64_t* head, unsigned char* dst, size_t n) nogil
+    void fm_ring_put(fm_ring* r, uint64_t* tail, const unsigned char* src, size_t n) nogil
+    void fm_flag_set(uint32_t* flag, uint32_t v) nogil
+    int fm_flag_seen(uint32_t* flag) nogil
     long fm_load(long* p) nogil
     void fm_store(long* p, long v) nogil
     void fm_set_errno(int e) nogil
@@ -417,6 +477,16 @@ cdef inline bint _long_yield(SpinState* st, double before, double after) noexcep
     st.lost = st.lost * exp((st.lost_at - after) / LOST_TAU_S) + (after - before)
     st.lost_at = after
     return True
+
+
+cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double woke) noexcept nogil:
+    """A blocking wait from asleep to woke, with spinning off: if it ended
+    within the budget, spinning would have caught the message, so spin
+    again from the next wait (unless long yields said the CPUs are busy)."""
+    if (st.now == 0 and budget > 0 and woke - asleep < budget * 1e-6
+            and st.lost * exp((st.lost_at - woke) / LOST_TAU_S) <= LOST_MAX_S):
+        st.now = budget
+        st.misses = 0
 
 
 cdef inline double _calm_until(SpinState* st, int slot, double t) noexcept nogil:
@@ -973,6 +1043,11 @@ cdef class Connection:
     cdef Py_ssize_t rcap            # rbuf's size
     cdef Py_ssize_t rstart          # first unconsumed byte in rbuf
     cdef Py_ssize_t rend            # end of received bytes in rbuf
+    cdef void* shm                  # the rings' mapping (attach_ring), or NULL
+    cdef fm_ring* rx                # the ring we read from, or NULL
+    cdef fm_ring* tx                # the ring we write to, or NULL
+    cdef uint64_t rx_head           # our position in rx (kept privately)
+    cdef uint64_t tx_tail           # our position in tx (kept privately)
 
     def __cinit__(self):
         self.fd = -1
@@ -1004,6 +1079,7 @@ cdef class Connection:
 
     def __dealloc__(self):
         PyMem_Free(self.rbuf)
+        self._unmap()
 
     property spin_us:
         """Spin budget before blocking, µs (0: never spin)."""
@@ -1032,9 +1108,53 @@ cdef class Connection:
         return self.fd
 
     def close(self):
+        # the rings stay mapped until the object goes: a hub may look at
+        # them until it lets go of the connection
         if self.fd >= 0:
             self.fd = -1
             self.sock.close()
+
+    cdef void _unmap(self) noexcept:
+        if self.shm != NULL:
+            munmap(self.shm, 2 * sizeof(fm_ring))
+            self.shm = NULL
+            self.rx = self.tx = NULL
+
+    @staticmethod
+    def ring_size():
+        """Bytes of shared memory attach_ring() maps: two rings."""
+        return 2 * sizeof(fm_ring)
+
+    def attach_ring(self, int fd, bint server):
+        """From now on, carry bytes through the two shared-memory rings in
+        the file fd (ring_size() bytes, zeroed; the caller keeps fd): the
+        first carries client to server, the second server to client.  The
+        socket stays, for wake-ups and to see the peer close.  Both sides
+        attach before either sends through the rings."""
+        cdef void* mem
+        self._check_open()
+        if self.shm != NULL or self.pyio:
+            raise ValueError("this connection cannot take a ring")
+        if self.rend > self.rstart:
+            raise ValueError("bytes already received through the socket")
+        if _os.fstat(fd).st_size < 2 * sizeof(fm_ring):
+            raise ValueError("the ring file is too small")
+        mem = mmap(NULL, 2 * sizeof(fm_ring), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if mem == MAP_FAILED:
+            PyErr_SetFromErrno(OSError)
+        self.shm = mem
+        self.rx = <fm_ring*>mem + (0 if server else 1)
+        self.tx = <fm_ring*>mem + (1 if server else 0)
+        self.rx_head = self.tx_tail = 0
+        # until a side says it is looking at its ring, the other rings for
+        # every message (a needless ring costs a spurious wake-up; a missing
+        # one, a hang): neither side has sent through the rings yet
+        fm_flag_set(&self.rx.reader_waiting, 1)
+        fm_flag_set(&self.tx.reader_waiting, 1)
+
+    @property
+    def has_ring(self):
+        return self.shm != NULL
 
     def __enter__(self):
         return self
@@ -1122,6 +1242,169 @@ cdef class Connection:
                 outcome[0] = SPIN_MISSED
                 return -1
 
+    # -- the shared-memory rings (attach_ring) -------------------------------
+
+    cdef int _ring_corrupt(self) except -1:
+        self.close()
+        raise ProtocolError("the shared ring's positions are impossible: "
+                            "the peer wrote over them")
+
+    cdef void _doorbell(self) noexcept nogil:
+        """Wake the peer: a byte on the socket (if the socket is full of
+        them the peer has wake-ups enough; if it is gone, reading says so)."""
+        cdef unsigned char zero = 0
+        c_send(self.fd, &zero, 1, MSG_DONTWAIT | MSG_NOSIGNAL)
+
+    cdef Py_ssize_t _ring_read(self) except -1:
+        """Move what rx holds into rbuf (room permitting); returns the
+        number of bytes moved.  Precondition: rcap > rend."""
+        cdef int64_t n = fm_ring_readable(self.rx, self.rx_head)
+        if n < 0:
+            return self._ring_corrupt()
+        if n == 0:
+            return 0
+        if n > self.rcap - self.rend:
+            n = self.rcap - self.rend
+        fm_ring_take(self.rx, &self.rx_head, self.rbuf + self.rend, n)
+        self.rend += n
+        if fm_flag_seen(&self.rx.writer_waiting):
+            self._doorbell()
+        return n
+
+    cdef int _ring_sleep(self, uint32_t* flag, bint writing, double deadline) except -1:
+        """Wait for the peer's wake-up on the socket, flag raised (the
+        caller looks at the ring once more after raising it: see
+        _ring_ready).  EOF raises EOFError (BrokenPipeError when writing)."""
+        cdef unsigned char scratch[64]
+        cdef ssize_t got
+        cdef int err
+        try:
+            while True:
+                if deadline >= 0:
+                    self._wait(POLLIN, deadline)
+                    got = c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+                    err = errno
+                else:
+                    self._check_signals()
+                    with nogil:
+                        got = c_recv(self.fd, scratch, sizeof(scratch), 0)
+                        err = errno
+                if got > 0:
+                    return 0
+                if got == 0:
+                    if writing:
+                        raise BrokenPipeError("the peer closed the connection")
+                    raise EOFError("the peer closed the connection")
+                if err == EINTR:
+                    self._check_signals()
+                elif not fm_again(err):
+                    fm_set_errno(err)
+                    PyErr_SetFromErrno(OSError)
+                    return -1
+        finally:
+            if self.shm != NULL:  # not unmapped by a close on the way out
+                fm_flag_set(flag, 0)
+
+    cdef int _fill_ring(self, Py_ssize_t need, double deadline) except -1:
+        """_fill() through rx: copy, spin on the ring, then sleep until the
+        peer rings.  Precondition: rbuf can hold need bytes."""
+        cdef int slot, outcome
+        cdef double t, until, calm
+        cdef bint yielded
+        while self.rend - self.rstart < need:
+            if self._ring_read() > 0:
+                continue
+            outcome = SPIN_OFF
+            if self.spin.now > 0:
+                with nogil:
+                    slot = fm_slot_enter()
+                    if slot:
+                        outcome = SPIN_MISSED
+                        yielded = False
+                        t = _now()
+                        until = t + self.spin.now * 1e-6
+                        calm = _calm_until(&self.spin, slot, t)
+                        while True:
+                            if g_spin_yield and t >= calm:
+                                sched_yield()
+                                yielded = True
+                                if _long_yield(&self.spin, t, _now()):
+                                    outcome = SPIN_LONG_YIELD
+                                    break
+                            if fm_ring_readable(self.rx, self.rx_head) != 0:
+                                _caught(&self.spin, yielded)
+                                outcome = SPIN_PAID
+                                break
+                            t = _now()
+                            if t >= until:
+                                break
+                        fm_slot_leave()
+            if outcome == SPIN_PAID:
+                _adapt_spin(&self.spin, self._spin_us, SPIN_PAID)
+                continue
+            if outcome != SPIN_OFF or self._spin_us > 0:
+                _adapt_spin(&self.spin, self._spin_us, outcome)
+            fm_flag_set(&self.rx.reader_waiting, 1)
+            if fm_ring_readable(self.rx, self.rx_head) != 0:
+                fm_flag_set(&self.rx.reader_waiting, 0)
+                continue
+            t = _now()
+            self._ring_sleep(&self.rx.reader_waiting, False, deadline)
+            _quick_wake(&self.spin, self._spin_us, t, _now())
+        return 0
+
+    cdef int _ring_send_iov(self, iovec* iov, int count) except -1:
+        """_send_iov() through tx.  While tx is full, what rx holds is read
+        into rbuf, so that two peers writing a lot to each other cannot
+        block each other forever."""
+        cdef int64_t room
+        cdef size_t n
+        cdef double deadline = -2.0
+        while count > 0:
+            if iov[0].iov_len == 0:
+                iov += 1
+                count -= 1
+                continue
+            room = fm_ring_writable(self.tx, self.tx_tail)
+            if room < 0:
+                return self._ring_corrupt()
+            if room > 0:
+                n = iov[0].iov_len if iov[0].iov_len < <size_t>room else <size_t>room
+                fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
+                iov[0].iov_base = <char*>iov[0].iov_base + n
+                iov[0].iov_len -= n
+                continue
+            # full: wake the reader, take in what it sent us, wait for room
+            if fm_flag_seen(&self.tx.reader_waiting):
+                self._doorbell()
+            if self.rend == self.rcap:
+                self._grow_rbuf()
+            self._ring_read()
+            if deadline == -2.0:
+                deadline = self._deadline()
+            fm_flag_set(&self.tx.writer_waiting, 1)
+            if fm_ring_writable(self.tx, self.tx_tail) != 0:
+                fm_flag_set(&self.tx.writer_waiting, 0)
+                continue
+            self._ring_sleep(&self.tx.writer_waiting, True, deadline)
+        if fm_flag_seen(&self.tx.reader_waiting):
+            self._doorbell()
+        return 0
+
+    cdef int _grow_rbuf(self) except -1:
+        cdef unsigned char* nbuf
+        if self.rstart > 0:
+            memmove(self.rbuf, self.rbuf + self.rstart, self.rend - self.rstart)
+            self.rend -= self.rstart
+            self.rstart = 0
+        else:
+            nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, self.rcap * 2)
+            if nbuf == NULL:
+                raise MemoryError()
+            self.rbuf = nbuf
+            self.rcap *= 2
+        return 0
+
     cdef int _fill(self, Py_ssize_t need, double deadline) except -1:
         """Read until rbuf holds at least need unconsumed bytes.
         Raises EOFError if the peer closes first."""
@@ -1145,6 +1428,8 @@ cdef class Connection:
                 self.rcap = need
         if self.pyio:
             return self._fill_pyio(need, deadline)
+        if self.rx != NULL:
+            return self._fill_ring(need, deadline)
         while self.rend - self.rstart < need:
             space = self.rcap - self.rend
             outcome = SPIN_OFF
@@ -1316,6 +1601,8 @@ cdef class Connection:
         cdef double deadline = -2.0
         if self.pyio:
             return self._send_pyio(iov, count)
+        if self.tx != NULL:
+            return self._ring_send_iov(iov, count)
         if count == 1 and iov[0].iov_len <= <size_t>c_copy_threshold:
             # the common case: one small buffer, one non-blocking send() with
             # the GIL kept; fall through if it was partial
@@ -1441,6 +1728,16 @@ cdef class Connection:
             return -1
         return 1 if avail - 4 >= n else 0
 
+    cdef Py_ssize_t _hub_read_ring(self) except -2:
+        """_hub_read() with rings: wake-up bytes (or EOF) from the socket,
+        then what rx holds."""
+        cdef unsigned char scratch[64]
+        cdef ssize_t got = c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+        cdef Py_ssize_t n = self._ring_read()
+        if n > 0:
+            return n
+        return 0 if got == 0 else -1
+
     cdef Py_ssize_t _hub_read(self) except -2:
         """One non-blocking read, with room made for the whole frame in
         progress. Returns the bytes read, 0 at EOF, -1 if none had come."""
@@ -1461,6 +1758,8 @@ cdef class Connection:
                     raise MemoryError()
                 self.rbuf = nbuf
                 self.rcap = have + need
+        if self.rx != NULL:
+            return self._hub_read_ring()
         got = c_recv(self.fd, self.rbuf + self.rend, self.rcap - self.rend, MSG_DONTWAIT)
         if got > 0:
             self.rend += got
@@ -1532,6 +1831,8 @@ cdef class Connection:
         self._check_open()
         if self.rend > self.rstart or (self.pyio and self.sock.pending()):
             return True
+        if self.rx != NULL:
+            return self._poll_ring(timeout)
         ms = -1 if timeout is None else max(0, <int>(timeout * 1000.0))
         pfd.fd = self.fd
         pfd.events = POLLIN
@@ -1540,6 +1841,37 @@ cdef class Connection:
         if rc < 0:
             PyErr_SetFromErrno(OSError)
         return rc > 0
+
+    cdef bint _poll_ring(self, timeout) except -1:
+        """poll() with rings: True when rx holds bytes or the peer closed."""
+        cdef pollfd pfd
+        cdef int rc, ms
+        cdef unsigned char scratch[64]
+        cdef ssize_t got
+        cdef double deadline = -1.0 if timeout is None else _now() + max(0.0, timeout)
+        pfd.fd = self.fd
+        pfd.events = POLLIN
+        while True:
+            fm_flag_set(&self.rx.reader_waiting, 1)
+            try:
+                if fm_ring_readable(self.rx, self.rx_head) != 0:
+                    return True
+                ms = -1 if deadline < 0 else max(0, <int>((deadline - _now()) * 1000.0))
+                with nogil:
+                    rc = poll(&pfd, 1, ms)
+                if rc < 0:
+                    if errno != EINTR:
+                        PyErr_SetFromErrno(OSError)
+                    PyErr_CheckSignals()
+                    continue
+                if rc == 0:
+                    return fm_ring_readable(self.rx, self.rx_head) != 0
+                got = c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+                if got == 0:
+                    return True
+            finally:
+                if self.shm != NULL:
+                    fm_flag_set(&self.rx.reader_waiting, 0)
 
     def send_request(self, int kind, uint64_t ident, method, args=(), kwds=None):
         self._check_open()
@@ -1898,6 +2230,13 @@ cdef enum:
     OWN_THREAD = 2      # the connection needs a thread of its own from now on
 
 
+cdef void* _realloc_or_raise(void* p, size_t n) except NULL:
+    cdef void* q = PyMem_Realloc(p, n)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
 @cython.final
 cdef class _Served:
     """A connection in a hub's care."""
@@ -1908,6 +2247,10 @@ cdef class _Served:
     cdef uint64_t token
     cdef bint ended
     cdef _Reply reply
+    cdef int ring_at            # its place in the hub's ring table, -1 if none
+
+    def __cinit__(self):
+        self.ring_at = -1
 
 
 @cython.final
@@ -1945,6 +2288,14 @@ cdef class Hub:
     cdef readonly bint closed
     cdef readonly long replacements
     cdef readonly long handovers
+    # connections with shared-memory rings, which the loop looks at itself
+    # (spinning, and once more before it sleeps): changed only by the loop
+    # thread, or by the watchdog while no loop thread runs the loop
+    cdef fm_ring** ring_rx
+    cdef uint64_t** ring_head
+    cdef uint64_t* ring_token
+    cdef int nrings
+    cdef int ring_cap
 
     def __cinit__(self):
         self.epfd = self.wakefd = self.parkfd = -1
@@ -1970,6 +2321,61 @@ cdef class Hub:
         for fd in (self.epfd, self.wakefd, self.parkfd):
             if fd >= 0:
                 c_close(fd)
+        PyMem_Free(self.ring_rx)
+        PyMem_Free(self.ring_head)
+        PyMem_Free(self.ring_token)
+
+    cdef int _ring_add(self, _Served s) except -1:
+        """Look at s's ring from now on (on the loop thread)."""
+        cdef int cap
+        if s.ring_at >= 0 or s.conn.rx == NULL or s.ended:
+            return 0
+        if self.nrings == self.ring_cap:
+            cap = max(16, 2 * self.ring_cap)
+            self.ring_rx = <fm_ring**>_realloc_or_raise(self.ring_rx, cap * sizeof(fm_ring*))
+            self.ring_head = <uint64_t**>_realloc_or_raise(self.ring_head, cap * sizeof(uint64_t*))
+            self.ring_token = <uint64_t*>_realloc_or_raise(self.ring_token, cap * sizeof(uint64_t))
+            self.ring_cap = cap
+        self.ring_rx[self.nrings] = s.conn.rx
+        self.ring_head[self.nrings] = &s.conn.rx_head
+        self.ring_token[self.nrings] = s.token
+        s.ring_at = self.nrings
+        self.nrings += 1
+        # the loop is awake: the client need not ring
+        fm_flag_set(&s.conn.rx.reader_waiting, 0)
+        return 0
+
+    cdef void _ring_remove(self, _Served s) noexcept:
+        cdef int i = s.ring_at, last = self.nrings - 1
+        cdef _Served moved
+        if i < 0 or i > last:
+            return
+        s.ring_at = -1
+        if i != last:
+            self.ring_rx[i] = self.ring_rx[last]
+            self.ring_head[i] = self.ring_head[last]
+            self.ring_token[i] = self.ring_token[last]
+            moved = self.served.get(self.ring_token[i])
+            if moved is not None:
+                moved.ring_at = i
+        self.nrings = last
+
+    cdef int _rings_ready(self, epoll_event* events, int n) noexcept nogil:
+        """Add an event for each ring that holds bytes (or whose positions
+        are impossible: reading it will say so) to events[0:n]."""
+        cdef int i
+        for i in range(self.nrings):
+            if n >= MAX_EVENTS:
+                break
+            if fm_ring_readable(self.ring_rx[i], self.ring_head[i][0]) != 0:
+                events[n].data.u64 = self.ring_token[i]
+                n += 1
+        return n
+
+    cdef void _rings_waiting(self, uint32_t v) noexcept nogil:
+        cdef int i
+        for i in range(self.nrings):
+            fm_flag_set(&self.ring_rx[i].reader_waiting, v)
 
     def add(self, Connection conn, tuple control, make_proxy, finished):
         """Serve conn from now on; finished(exc) is called when that ends."""
@@ -1988,6 +2394,10 @@ cdef class Hub:
             return
         self.tokens += 1
         s.token = self.tokens
+        if conn.rx != NULL:
+            # until the loop looks at this ring itself, the client rings
+            # for every message: the loop learns of it through epoll
+            fm_flag_set(&conn.rx.reader_waiting, 1)
         self.served[s.token] = s
         ev.events = EPOLLIN
         ev.data.u64 = s.token
@@ -2057,11 +2467,13 @@ cdef class Hub:
         cdef _Served ls = self.last
         if self.spin.now > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+            if n >= 0:
+                n = self._rings_ready(events, n)
             if n > 0:
                 return n
         if ls is not None:
             lconn = ls.conn
-            if lconn.fd >= 0 and lconn.rcap > lconn.rend:
+            if lconn.fd >= 0 and lconn.rcap > lconn.rend and lconn.rx == NULL:
                 lfd = lconn.fd
                 lbuf = lconn.rbuf + lconn.rend
                 lspace = lconn.rcap - lconn.rend
@@ -2081,6 +2493,8 @@ cdef class Hub:
                                 _caught(&self.spin, yielded)
                                 break
                         n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+                        if n >= 0:
+                            n = self._rings_ready(events, n)
                         if n > 0:
                             _caught(&self.spin, yielded)
                             break
@@ -2105,11 +2519,19 @@ cdef class Hub:
         if outcome != SPIN_OFF or self.spin_us > 0:
             _adapt_spin(&self.spin, self.spin_us, outcome)
         with nogil:
-            fm_store(&self.blocked, 1)
-            n = epoll_wait(self.epfd, events, MAX_EVENTS, -1)
-            fm_store(&self.blocked, 0)
-            if fm_load(&self.parked):
-                c_write(self.parkfd, &one, 8)
+            # clients ring while we sleep; a message that came before they
+            # could see that is seen by the last look
+            self._rings_waiting(1)
+            n = self._rings_ready(events, 0)
+            if n == 0:
+                fm_store(&self.blocked, 1)
+                t = _now()
+                n = epoll_wait(self.epfd, events, MAX_EVENTS, -1)
+                _quick_wake(&self.spin, self.spin_us, t, _now())
+                fm_store(&self.blocked, 0)
+                if fm_load(&self.parked):
+                    c_write(self.parkfd, &one, 8)
+            self._rings_waiting(0)
         return n if n > 0 else 0
 
     cdef int _serve_ready(self, _Served s, long gen) except -1:
@@ -2122,6 +2544,8 @@ cdef class Hub:
         fm_store(&self.call_seq, self.call_seq + 1)
         fm_store(&self.busy, 1)
         try:
+            if s.ring_at < 0 and conn.rx != NULL:
+                self._ring_add(s)
             if conn._frame_state() != 1:
                 got = conn._hub_read()
             while True:
@@ -2162,6 +2586,7 @@ cdef class Hub:
         cdef epoll_event ev
         if self.last is s:
             self.last = None
+        self._ring_remove(s)
         if self.served.pop(s.token, None) is not None and s.conn.fd >= 0:
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, s.conn.fd, &ev)
 

@@ -7,16 +7,77 @@ those of the stdlib: a ``(host, port)`` tuple for TCP (an IPv6 host such as
 """
 import os
 import socket
+import struct
 from multiprocessing import connection as _mpc
 from multiprocessing import util
 
+from . import _protocol as P
 from ._backend import wire
+from .errors import ProtocolError
 
 __all__ = ["Listener", "Client", "address_family", "default_address"]
 
 #: how long an unauthenticated peer may take over the handshake (seconds);
 #: ``FASTMGR_HANDSHAKE_TIMEOUT`` (read at import) overrides the default
 HANDSHAKE_TIMEOUT = float(os.environ.get("FASTMGR_HANDSHAKE_TIMEOUT", "") or 20.0)
+
+#: whether connections over unix sockets may carry their bytes through
+#: shared memory (``FASTMGR_RING=0``, read at import, turns it off)
+RINGS = os.environ.get("FASTMGR_RING", "1") != "0"
+
+_RING_OFFER_FRAME = struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER
+
+
+def can_ring(conn, sock):
+    """Whether conn (over sock) can carry its bytes through shared memory."""
+    return (RINGS and hasattr(conn, "attach_ring") and hasattr(os, "memfd_create")
+            and type(sock) is socket.socket and sock.family == socket.AF_UNIX)
+
+
+def offer_ring(conn, sock):
+    """Client side, right after the handshake (whose hello ended with
+    RING_HELLO): send a shared-memory file beside a RING_OFFER frame and
+    attach it if the server accepts."""
+    fd = os.memfd_create("fastmgr-ring", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, conn.ring_size())
+        socket.send_fds(sock, [_RING_OFFER_FRAME], [fd])
+        answer = conn.recv_bytes(len(P.RING_ACCEPT) + len(P.RING_DECLINE))
+        if answer == P.RING_ACCEPT:
+            conn.attach_ring(fd, False)
+        elif answer != P.RING_DECLINE:
+            raise ProtocolError("unexpected answer to a ring offer")
+    finally:
+        os.close(fd)
+
+
+def answer_ring(conn, sock):
+    """Server side, right after a handshake whose hello ended with
+    RING_HELLO: take the client's RING_OFFER frame and its file (read
+    straight from the socket, bounded by HANDSHAKE_TIMEOUT), attach it when
+    we can, and say so."""
+    data, fds = b"", []
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        while len(data) < len(_RING_OFFER_FRAME):
+            msg, more, _flags, _addr = socket.recv_fds(
+                sock, len(_RING_OFFER_FRAME) - len(data), 1)
+            fds += more
+            if not msg:
+                raise EOFError("the peer closed the connection during the ring offer")
+            data += msg
+        sock.setblocking(True)
+        if data != _RING_OFFER_FRAME or len(fds) != 1:
+            raise ProtocolError("malformed ring offer")
+        accept = can_ring(conn, sock) and os.fstat(fds[0]).st_size == conn.ring_size()
+        # the answer still goes through the socket; an attach that fails
+        # after it ends the connection
+        conn.send_bytes(P.RING_ACCEPT if accept else P.RING_DECLINE)
+        if accept:
+            conn.attach_ring(fds[0], True)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def address_family(address):
@@ -103,7 +164,7 @@ class Listener:
 
 
 def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=None,
-           ssl_context=None, server_hostname=None):
+           ssl_context=None, server_hostname=None, ring=False):
     """Connect to ``address`` and authenticate with ``authkey``.
 
     ``timeout`` bounds the connect and the handshakes; the returned
@@ -127,9 +188,12 @@ def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=No
     if max_message:
         kwargs["max_message"] = max_message
     conn = wire.Connection(sock, **kwargs)
+    ring = ring and can_ring(conn, sock)
     try:
         conn.timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
-        wire.answer_challenge(conn, bytes(authkey), hello)
+        wire.answer_challenge(conn, bytes(authkey), hello + (P.RING_HELLO if ring else b""))
+        if ring:
+            offer_ring(conn, sock)
         conn.timeout = None
     except BaseException:
         conn.close()

@@ -95,7 +95,8 @@ class Peer:
     def _client(self):
         try:
             conn = Client(self.address, self.authkey, self.codec, hello=_Session.id,
-                          timeout=self.connect_timeout, ssl_context=self.ssl_context)
+                          timeout=self.connect_timeout, ssl_context=self.ssl_context,
+                          ring=True)
         except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
                 BrokenPipeError, EOFError) as exc:
             raise ManagerGone("cannot reach the manager at %r: %s" % (self.address, exc)) from exc

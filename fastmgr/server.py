@@ -20,9 +20,10 @@ import sys
 import threading
 from multiprocessing import pool, process
 
+from . import _protocol as P
 from ._backend import wire
-from .connection import HANDSHAKE_TIMEOUT, Listener
-from .errors import AuthenticationError
+from .connection import HANDSHAKE_TIMEOUT, Listener, answer_ring
+from .errors import AuthenticationError, ProtocolError
 
 __all__ = ["Server", "public_methods", "all_methods"]
 
@@ -186,8 +187,11 @@ class Server:
                 conn.spin_us = self.spin_us
             conn.timeout = HANDSHAKE_TIMEOUT
             session = bytes(wire.deliver_challenge(conn, bytes(self.authkey)))
+            if self.ssl_context is None and session.endswith(P.RING_HELLO):
+                session = session[:-len(P.RING_HELLO)]
+                answer_ring(conn, sock)
             conn.timeout = None
-        except (AuthenticationError, OSError, EOFError, ValueError) as exc:
+        except (AuthenticationError, ProtocolError, OSError, EOFError, ValueError) as exc:
             log.warning("failed authentication from %s: %s", peer or "a local client", exc)
             (conn or sock).close()
             return

@@ -152,12 +152,16 @@ class Rig:
         with self.lock:
             self.ends.setdefault(number, []).append((exc, self.servers[number].closed))
 
-    def connect(self, max_message=P.DEFAULT_MAX_MESSAGE, pair=None):
+    def connect(self, max_message=P.DEFAULT_MAX_MESSAGE, pair=None, ring=None):
         """A client Connection to a new connection of the hub (over pair,
-        (server socket, client socket), if given)."""
+        (server socket, client socket), if given; with ring, a memfd of
+        Connection.ring_size() bytes, through shared-memory rings)."""
         ours, theirs = pair or socket.socketpair()
         server = self.wire.Connection(ours, max_message=max_message)
         client = self.wire.Connection(theirs, timeout=WAIT)
+        if ring is not None:
+            server.attach_ring(ring, True)
+            client.attach_ring(ring, False)
         number = len(self.servers)
         self.servers.append(server)
         self.clients.append(client)

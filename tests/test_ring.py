@@ -1,0 +1,355 @@
+"""Shared-memory rings (compiled wire, unix sockets): a connection whose
+bytes cross two rings in a memfd, the socket beside them kept for wake-ups
+and for seeing the peer go.  Checked against the socket path on the same
+messages, through the hub, end to end through the negotiation after the
+handshake, and against a peer that writes over the rings."""
+import mmap
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import Worker, child_env
+from fastmgr import _protocol as P
+from fastmgr.errors import ProtocolError
+
+import test_hub as TH
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10
+# the layout of one ring (_protocol.py): head, tail, reader_waiting,
+# writer_waiting on lines of 64 bytes, then the data
+TAIL = 64
+
+
+@pytest.fixture
+def wire(compiled_wire):
+    return compiled_wire
+
+
+@pytest.fixture
+def memfd(wire):
+    fd = os.memfd_create("fastmgr-test-ring")
+    os.ftruncate(fd, wire.Connection.ring_size())
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def ring_pair(wire, memfd):
+    a, b = socket.socketpair()
+    client, server = wire.Connection(a, timeout=WAIT), wire.Connection(b, timeout=WAIT)
+    client.attach_ring(memfd, False)
+    server.attach_ring(memfd, True)
+    yield client, server
+    client.close()
+    server.close()
+
+
+def random_value(rng, depth=0):
+    kind = rng.randrange(9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.randrange(-2**70, 2**70)
+    if kind == 2:
+        return rng.random()
+    if kind == 3:
+        return "".join(chr(rng.randrange(32, 0x3000)) for _ in range(rng.randrange(40)))
+    if kind == 4:
+        return rng.randbytes(rng.choice([0, 1, 100, 70000, 300000]))
+    if kind == 5:
+        return rng.random() < 0.5
+    if kind == 6:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(6))]
+    if kind == 7:
+        return tuple(random_value(rng, depth + 1) for _ in range(rng.randrange(6)))
+    return {str(i): random_value(rng, depth + 1) for i in range(rng.randrange(6))}
+
+
+def echo_all(conn, n):
+    for _ in range(n):
+        conn.send_bytes(conn.recv_bytes())
+
+
+def test_messages_cross_the_ring_as_they_cross_a_socket(wire, ring_pair):
+    """The same random messages (sizes around the ring's capacity
+    included) arrive the same through the rings and through a socket."""
+    client, server = ring_pair
+    a, b = socket.socketpair()
+    plain_client, plain_server = wire.Connection(a, timeout=WAIT), wire.Connection(b, timeout=WAIT)
+    rng = random.Random(4)
+    cap = wire.Connection.ring_size() // 2 - 256
+    sizes = [0, 1, 4, cap - 4, cap - 1, cap, cap + 1, 2 * cap + 3, 3 << 20]
+    values = [random_value(rng) for _ in range(200)]
+    payloads = [rng.randbytes(n) for n in sizes]
+    workers = [Worker(echo_all, s, len(values) + len(payloads)) for s in (server, plain_server)]
+    try:
+        for value in values:
+            client.send(value)
+            plain_client.send(value)
+            assert client.recv() == plain_client.recv() == value
+        for payload in payloads:
+            client.send_bytes(payload)
+            plain_client.send_bytes(payload)
+            assert client.recv_bytes() == plain_client.recv_bytes() == payload
+        for w in workers:
+            w.outcome()
+    finally:
+        plain_client.close()
+        plain_server.close()
+
+
+def test_two_sides_writing_a_lot_at_once_do_not_block_each_other(ring_pair):
+    client, server = ring_pair
+
+    def side(conn, tag):
+        for i in range(300):
+            conn.send((tag, i, b"x" * 5000))  # 1.5 MB each way, ring of 256 kB
+        return [conn.recv()[1] for _ in range(300)]
+
+    workers = [Worker(side, client, "c"), Worker(side, server, "s")]
+    for w in workers:
+        assert w.outcome(timeout=WAIT) == list(range(300))
+
+
+def test_poll_eof_and_timeout(wire, ring_pair):
+    client, server = ring_pair
+    assert client.poll(0) is False
+    assert client.poll(0.02) is False
+    server.send("hi")
+    assert client.poll(WAIT) is True
+    assert client.recv() == "hi"
+    client.timeout = 0.05
+    with pytest.raises(TimeoutError):
+        client.recv()
+    assert client.closed  # a timed-out connection is dropped, as with sockets
+    server.close()
+
+
+def test_peer_closing_is_eof(ring_pair):
+    client, server = ring_pair
+    server.send("last")
+    server.close()
+    assert client.recv() == "last"  # what was sent before still arrives
+    with pytest.raises(EOFError):
+        client.recv()
+
+
+def test_attach_refuses_what_it_cannot_take(wire, memfd):
+    a, b = socket.socketpair()
+    conn = wire.Connection(a)
+    try:
+        small = os.memfd_create("small")
+        try:
+            with pytest.raises(ValueError):
+                conn.attach_ring(small, True)
+        finally:
+            os.close(small)
+        conn.attach_ring(memfd, True)
+        assert conn.has_ring
+        with pytest.raises(ValueError):
+            conn.attach_ring(memfd, True)
+    finally:
+        conn.close()
+        b.close()
+
+
+def test_impossible_positions_raise_protocol_error(wire, ring_pair, memfd):
+    client, server = ring_pair
+    client.send("fine")
+    assert server.recv() == "fine"
+    with mmap.mmap(memfd, wire.Connection.ring_size()) as shared:
+        struct.pack_into("<Q", shared, TAIL, 1 << 40)  # client-to-server tail
+    with pytest.raises(ProtocolError):
+        server.recv()
+    assert server.closed
+
+
+# ---------------------------------------------------------------------------
+# through the hub
+
+@pytest.fixture
+def rig(wire):
+    r = TH.Rig(wire)
+    yield r
+    r.close()
+
+
+def new_memfd(wire):
+    fd = os.memfd_create("fastmgr-test-ring")
+    os.ftruncate(fd, wire.Connection.ring_size())
+    return fd
+
+
+def test_hub_serves_ring_and_socket_connections_together(wire, rig):
+    fds = [new_memfd(wire) for _ in range(12)]
+    try:
+        clients = [rig.connect(ring=fd) for fd in fds] + [rig.connect() for _ in range(12)]
+
+        def calls(c, k):
+            for i in range(300):
+                assert c.call(TH.BOX, "echo", ((k, i),)) == (P.RESP_RETURN, (k, i))
+
+        workers = [Worker(calls, c, k) for k, c in enumerate(clients)]
+        for w in workers:
+            w.outcome(timeout=WAIT * 3)
+        # pipelined: many requests in one go, replies in order
+        c = clients[0]
+        for i in range(2000):
+            c.send_request(P.REQ_CALL, TH.BOX, "echo", (i,))
+        assert [c.recv_response()[1] for _ in range(2000)] == list(range(2000))
+        # a large argument and reply through the ring
+        big = os.urandom(1 << 20)
+        assert c.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_hub_hands_a_ring_connection_to_its_own_thread(wire, rig):
+    fd = new_memfd(wire)
+    try:
+        c = rig.connect(ring=fd)
+        assert c.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+        # a thread-bound object: the connection leaves the loop thread
+        assert c.call(TH.BOUND, "echo", (2,)) == (P.RESP_RETURN, 2)
+        assert rig.stat("handovers") == 1
+        for i in range(200):
+            assert c.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+    finally:
+        os.close(fd)
+
+
+def test_corrupt_ring_ends_only_that_connection(wire, rig):
+    fd_bad, fd_good = new_memfd(wire), new_memfd(wire)
+    try:
+        bad, good = rig.connect(ring=fd_bad), rig.connect(ring=fd_good)
+        assert bad.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+        with mmap.mmap(fd_bad, wire.Connection.ring_size()) as shared:
+            struct.pack_into("<Q", shared, TAIL, 1 << 40)
+        os.write(bad.fileno(), b"\0")  # a wake-up, in case the loop sleeps
+        (exc, closed), = rig.wait_ended([rig.number(bad)])
+        assert isinstance(exc, ProtocolError), repr(exc)
+        assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
+    finally:
+        os.close(fd_bad)
+        os.close(fd_good)
+
+
+# ---------------------------------------------------------------------------
+# end to end: the offer after the handshake
+
+SERVE = r"""
+import sys
+from fastmgr import BaseManager
+class Maths:
+    def add(self, x, y):
+        return x + y
+class M(BaseManager):
+    pass
+M.register("Maths", Maths)
+m = M(address=sys.argv[1], authkey=b"ring")
+server = m.get_server()
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+needs_compiled_client = pytest.mark.skipif(
+    __import__("fastmgr._backend", fromlist=["wire"]).wire.IMPLEMENTATION != "compiled",
+    reason="this process runs the pure-Python wire, which has no rings")
+
+
+class Served:
+    """A manager server in a subprocess: the compiled wire unless env says
+    FASTMGR_PUREPYTHON=1."""
+
+    def __init__(self, tmp_path, **env):
+        env.setdefault("FASTMGR_PUREPYTHON", "")
+        self.address = str(tmp_path / "m.sock")
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, self.address],
+                                     stdout=subprocess.PIPE, text=True, env=child_env(**env))
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(WAIT)
+
+
+def manager_class():
+    from fastmgr import BaseManager
+
+    class M(BaseManager):
+        pass
+    M.register("Maths")
+    return M
+
+
+def connected_proxy(served):
+    m = manager_class()(address=served.address, authkey=b"ring")
+    m.connect()
+    return m.Maths()
+
+
+@needs_compiled_client
+def test_a_local_client_gets_rings_and_calls_through_them(tmp_path):
+    served = Served(tmp_path)
+    try:
+        p = connected_proxy(served)
+        assert [p.add(i, 1) for i in range(1000)] == list(range(1, 1001))
+        assert p._peer.tls.conn.has_ring
+    finally:
+        served.close()
+
+
+@needs_compiled_client
+def test_a_pure_python_server_declines_and_calls_go_through_the_socket(tmp_path):
+    served = Served(tmp_path, FASTMGR_PUREPYTHON="1")
+    try:
+        p = connected_proxy(served)
+        assert p.add(2, 3) == 5
+        assert not p._peer.tls.conn.has_ring
+    finally:
+        served.close()
+
+
+@needs_compiled_client
+def test_rings_can_be_turned_off(tmp_path, monkeypatch):
+    from fastmgr import connection
+    monkeypatch.setattr(connection, "RINGS", False)
+    served = Served(tmp_path)
+    try:
+        p = connected_proxy(served)
+        assert p.add(2, 3) == 5
+        assert not p._peer.tls.conn.has_ring
+    finally:
+        served.close()
+
+
+@needs_compiled_client
+@pytest.mark.parametrize("offer", ["no-fd", "garbage", "silence"])
+def test_a_bad_ring_offer_ends_only_that_client(tmp_path, offer, wire):
+    served = Served(tmp_path, FASTMGR_HANDSHAKE_TIMEOUT="1")
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(served.address)
+        conn = wire.Connection(sock, timeout=WAIT)
+        wire.answer_challenge(conn, b"ring", os.urandom(16) + P.RING_HELLO)
+        if offer == "no-fd":
+            sock.sendall(struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER)
+        elif offer == "garbage":
+            sock.sendall(b"\0\0\0\x05hello")
+        with pytest.raises((EOFError, ConnectionResetError)):
+            conn.recv_bytes()
+        conn.close()
+        p = connected_proxy(served)
+        assert p.add(1, 1) == 2
+    finally:
+        served.close()
