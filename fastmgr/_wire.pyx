@@ -1382,6 +1382,8 @@ cdef class Connection:
             self._ring_read()
             if deadline == -2.0:
                 deadline = self._deadline()
+            if self._ring_spin_for_room():
+                continue
             fm_flag_set(&self.tx.writer_waiting, 1)
             if fm_ring_writable(self.tx, self.tx_tail) != 0:
                 fm_flag_set(&self.tx.writer_waiting, 0)
@@ -1390,6 +1392,35 @@ cdef class Connection:
         if fm_flag_seen(&self.tx.reader_waiting):
             self._doorbell()
         return 0
+
+    cdef bint _ring_spin_for_room(self) noexcept:
+        """Spin (as a reader spins) until tx has room; whether it came.  A
+        reader that is awake frees room within microseconds, and a large
+        message crosses the ring in many such turns."""
+        cdef int slot
+        cdef double t, until, calm
+        cdef bint room = False
+        if self.spin.now == 0:
+            return False
+        with nogil:
+            slot = fm_slot_enter()
+            if slot:
+                t = _now()
+                until = t + self._spin_us * 1e-6
+                calm = t + (CALM_SPIN_S if slot == SLOT_FULL else 0.0)
+                while True:
+                    if fm_ring_writable(self.tx, self.tx_tail) != 0:
+                        room = True
+                        break
+                    if t >= until:
+                        break
+                    if g_spin_yield and t >= calm:
+                        sched_yield()
+                        if _now() - t >= LONG_YIELD_S:
+                            break
+                    t = _now()
+                fm_slot_leave()
+        return room
 
     cdef int _grow_rbuf(self) except -1:
         cdef unsigned char* nbuf
@@ -2224,6 +2255,9 @@ cdef int _dispatch(tuple request, dict table, tuple control, fallback, make_prox
 
 cdef enum:
     MAX_EVENTS = 64
+    # with rings to watch, the spinning loop asks epoll (for sockets and
+    # new connections) only every this many turns
+    RING_TURNS_PER_EPOLL = 8
     # _Hub._serve_ready() outcomes
     SERVED = 0          # go on with the next ready connection
     REPLACED = 1        # this thread was replaced mid-call: it now owns the connection
@@ -2458,6 +2492,7 @@ cdef class Hub:
         cdef int slot, outcome = SPIN_OFF
         cdef double until, t, calm
         cdef bint yielded = False
+        cdef unsigned int turn = 0
         cdef uint64_t one = 1
         cdef ssize_t got = -1
         cdef int err = EAGAIN
@@ -2492,7 +2527,11 @@ cdef class Hub:
                             if got >= 0 or not fm_again(err):
                                 _caught(&self.spin, yielded)
                                 break
-                        n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+                        turn += 1
+                        if self.nrings == 0 or turn % RING_TURNS_PER_EPOLL == 0:
+                            n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
+                        else:
+                            n = 0
                         if n >= 0:
                             n = self._rings_ready(events, n)
                         if n > 0:
