@@ -30,8 +30,9 @@ Shared-memory rings (unix sockets only, both ends compiled)
 ------------------------------------------------------------
 A client whose hello ends with ``RING_HELLO`` sends, right after the
 handshake, a ``RING_OFFER`` frame carrying (SCM_RIGHTS) a zeroed memfd of
-``Connection.ring_size()`` bytes; the server answers ``RING_ACCEPT`` (having
-mapped it) or ``RING_DECLINE``.  After an accept, every byte that would have
+``Connection.ring_size()`` bytes, sealed against shrinking, growing and
+further seals; the server answers ``RING_ACCEPT`` (then maps it) or
+``RING_DECLINE`` (a pure-Python server, or a file that is not such a memfd).  After an accept, every byte that would have
 crossed the socket crosses two rings in that file instead (client to server
 first); the socket carries only wake-up bytes, and its EOF still means the
 peer is gone.  Each ring: u64 head (consumed), u64 tail (written), u32

@@ -1272,9 +1272,9 @@ cdef class Connection:
         return n
 
     cdef int _ring_sleep(self, uint32_t* flag, bint writing, double deadline) except -1:
-        """Wait for the peer's wake-up on the socket, flag raised (the
-        caller looks at the ring once more after raising it: see
-        _ring_ready).  EOF raises EOFError (BrokenPipeError when writing)."""
+        """Wait for the peer's wake-up on the socket (the caller raised
+        flag, then looked at the ring once more); lower flag after.  EOF
+        raises EOFError (BrokenPipeError when writing)."""
         cdef unsigned char scratch[64]
         cdef ssize_t got
         cdef int err

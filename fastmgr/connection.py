@@ -5,6 +5,7 @@ handshake of ``_protocol.py`` before anything is decoded.  Addresses are
 those of the stdlib: a ``(host, port)`` tuple for TCP (an IPv6 host such as
 ``'::1'`` works too), a path string for a unix socket.
 """
+import fcntl
 import os
 import socket
 import struct
@@ -26,6 +27,9 @@ HANDSHAKE_TIMEOUT = float(os.environ.get("FASTMGR_HANDSHAKE_TIMEOUT", "") or 20.
 RINGS = os.environ.get("FASTMGR_RING", "1") != "0"
 
 _RING_OFFER_FRAME = struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER
+# a ring file's size can never change once offered: a file that shrank under
+# the server's mapping would kill it (SIGBUS) at its next look
+_RING_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 def can_ring(conn, sock):
@@ -38,9 +42,10 @@ def offer_ring(conn, sock):
     """Client side, right after the handshake (whose hello ended with
     RING_HELLO): send a shared-memory file beside a RING_OFFER frame and
     attach it if the server accepts."""
-    fd = os.memfd_create("fastmgr-ring", os.MFD_CLOEXEC)
+    fd = os.memfd_create("fastmgr-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, conn.ring_size())
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _RING_SEALS)
         socket.send_fds(sock, [_RING_OFFER_FRAME], [fd])
         answer = conn.recv_bytes(len(P.RING_ACCEPT) + len(P.RING_DECLINE))
         if answer == P.RING_ACCEPT:
@@ -49,6 +54,15 @@ def offer_ring(conn, sock):
             raise ProtocolError("unexpected answer to a ring offer")
     finally:
         os.close(fd)
+
+
+def _sound_ring_file(fd, size):
+    """A memfd of exactly size bytes, sealed so that it stays so."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:  # not a memfd
+        return False
+    return seals & _RING_SEALS == _RING_SEALS and os.fstat(fd).st_size == size
 
 
 def answer_ring(conn, sock):
@@ -61,7 +75,7 @@ def answer_ring(conn, sock):
     try:
         while len(data) < len(_RING_OFFER_FRAME):
             msg, more, _flags, _addr = socket.recv_fds(
-                sock, len(_RING_OFFER_FRAME) - len(data), 1)
+                sock, len(_RING_OFFER_FRAME) - len(data), 1, socket.MSG_CMSG_CLOEXEC)
             fds += more
             if not msg:
                 raise EOFError("the peer closed the connection during the ring offer")
@@ -69,7 +83,7 @@ def answer_ring(conn, sock):
         sock.setblocking(True)
         if data != _RING_OFFER_FRAME or len(fds) != 1:
             raise ProtocolError("malformed ring offer")
-        accept = can_ring(conn, sock) and os.fstat(fds[0]).st_size == conn.ring_size()
+        accept = can_ring(conn, sock) and _sound_ring_file(fds[0], conn.ring_size())
         # the answer still goes through the socket; an attach that fails
         # after it ends the connection
         conn.send_bytes(P.RING_ACCEPT if accept else P.RING_DECLINE)

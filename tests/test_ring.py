@@ -227,6 +227,27 @@ def test_hub_hands_a_ring_connection_to_its_own_thread(wire, rig):
         os.close(fd)
 
 
+def test_a_ring_peer_that_does_not_read_stalls_no_one(wire, rig):
+    """As over sockets: the loop thread blocked on A's full ring is
+    replaced, and B (a ring too) is served all the same."""
+    fd_a, fd_b = new_memfd(wire), new_memfd(wire)
+    try:
+        a, b = rig.connect(ring=fd_a), rig.connect(ring=fd_b)
+        for _ in range(8):
+            a.send_request(P.REQ_CALL, TH.BOX, "blob", (1 << 20,))
+        for i in range(50):
+            assert b.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+        TH.wait_for(lambda: rig.stat("replacements") >= 1)
+        assert a.recv_response() == (P.RESP_RETURN, bytes(1 << 20))  # nothing lost
+        a.close()
+        (exc, closed), = rig.wait_ended([rig.number(a)])
+        assert isinstance(exc, OSError) and not isinstance(exc, ProtocolError), repr(exc)
+        assert b.call(TH.BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)
+
+
 def test_corrupt_ring_ends_only_that_connection(wire, rig):
     fd_bad, fd_good = new_memfd(wire), new_memfd(wire)
     try:
@@ -234,7 +255,10 @@ def test_corrupt_ring_ends_only_that_connection(wire, rig):
         assert bad.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
         with mmap.mmap(fd_bad, wire.Connection.ring_size()) as shared:
             struct.pack_into("<Q", shared, TAIL, 1 << 40)
-        os.write(bad.fileno(), b"\0")  # a wake-up, in case the loop sleeps
+        try:
+            os.write(bad.fileno(), b"\0")  # a wake-up, in case the loop sleeps
+        except BrokenPipeError:
+            pass  # it was awake, saw the ring, and closed already
         (exc, closed), = rig.wait_ended([rig.number(bad)])
         assert isinstance(exc, ProtocolError), repr(exc)
         assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
@@ -351,5 +375,62 @@ def test_a_bad_ring_offer_ends_only_that_client(tmp_path, offer, wire):
         conn.close()
         p = connected_proxy(served)
         assert p.add(1, 1) == 2
+    finally:
+        served.close()
+
+
+@needs_compiled_client
+@pytest.mark.parametrize("kind", ["unsealed", "regular-file", "wrong-size"])
+def test_a_ring_file_that_could_change_size_is_declined(tmp_path, wire, kind):
+    """Only a memfd sealed at its size is mapped: one that could shrink
+    under the server's mapping would kill the server at its next look."""
+    import fcntl
+    served = Served(tmp_path)
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(served.address)
+        conn = wire.Connection(sock, timeout=WAIT)
+        wire.answer_challenge(conn, b"ring", os.urandom(16) + P.RING_HELLO)
+        size = wire.Connection.ring_size()
+        if kind == "regular-file":
+            fd = os.open(str(tmp_path / "ring"), os.O_RDWR | os.O_CREAT)
+            os.ftruncate(fd, size)
+        else:
+            fd = os.memfd_create("r", os.MFD_ALLOW_SEALING)
+            os.ftruncate(fd, size if kind == "unsealed" else size - 4096)
+            if kind == "wrong-size":
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                            | fcntl.F_SEAL_SEAL)
+        try:
+            socket.send_fds(sock, [struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER], [fd])
+            assert conn.recv_bytes() == P.RING_DECLINE
+        finally:
+            os.close(fd)
+        # the connection goes on over the socket
+        kind_, value = conn.call(0, "number_of_objects", ())
+        assert kind_ == P.RESP_RETURN and value == 0
+        conn.close()
+    finally:
+        served.close()
+
+
+@needs_compiled_client
+def test_the_seals_we_set_stop_any_size_change(tmp_path):
+    served = Served(tmp_path)
+    try:
+        p = connected_proxy(served)
+        assert p.add(1, 2) == 3
+        # the client's own file, as the server got it: no size change takes
+        from fastmgr import connection
+        import fcntl
+        fd = os.memfd_create("probe", os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, 4096)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, connection._RING_SEALS)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)
+            assert connection._sound_ring_file(fd, 4096)
+        finally:
+            os.close(fd)
     finally:
         served.close()
