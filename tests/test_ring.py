@@ -434,3 +434,35 @@ def test_the_seals_we_set_stop_any_size_change(tmp_path):
             os.close(fd)
     finally:
         served.close()
+
+
+@needs_compiled_client
+def test_connections_that_end_give_their_rings_back(tmp_path):
+    """Threads that call once and end: their connections' mappings go on
+    both sides (a Connection unmaps when it goes), so churn leaks nothing."""
+    import gc
+    import time
+
+    def mapped(pid):
+        with open("/proc/%d/maps" % pid) as f:
+            return sum(1 for line in f if "fastmgr-ring" in line)
+
+    served = Served(tmp_path)
+    try:
+        p = connected_proxy(served)
+        assert p.add(1, 2) == 3
+        ours = mapped(os.getpid())  # earlier tests' connections may live on
+        for _ in range(3):
+            threads = [threading.Thread(target=p.add, args=(1, 2)) for _ in range(50)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(WAIT)
+        gc.collect()
+        deadline = time.monotonic() + WAIT
+        while mapped(served.proc.pid) > 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mapped(served.proc.pid) <= 4  # the main thread's, the anchor's, and slack
+        assert mapped(os.getpid()) <= ours + 2
+    finally:
+        served.close()
