@@ -1377,9 +1377,7 @@ cdef class Connection:
             # full: wake the reader, take in what it sent us, wait for room
             if fm_flag_seen(&self.tx.reader_waiting):
                 self._doorbell()
-            if self.rend == self.rcap:
-                self._grow_rbuf()
-            self._ring_read()
+            self._read_available()
             if deadline == -2.0:
                 deadline = self._deadline()
             if self._ring_spin_for_room():
@@ -1423,6 +1421,7 @@ cdef class Connection:
         return room
 
     cdef int _grow_rbuf(self) except -1:
+        """Make room at the end of rbuf: compact, or double it if full."""
         cdef unsigned char* nbuf
         if self.rstart > 0:
             memmove(self.rbuf, self.rbuf + self.rstart, self.rend - self.rstart)
@@ -1604,18 +1603,11 @@ cdef class Connection:
         full): used while a send waits, so that two peers that both write
         a lot cannot block each other forever."""
         cdef ssize_t got
-        cdef unsigned char* nbuf
         if self.rend == self.rcap:
-            if self.rstart > 0:
-                memmove(self.rbuf, self.rbuf + self.rstart, self.rend - self.rstart)
-                self.rend -= self.rstart
-                self.rstart = 0
-            else:
-                nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, self.rcap * 2)
-                if nbuf == NULL:
-                    raise MemoryError()
-                self.rbuf = nbuf
-                self.rcap *= 2
+            self._grow_rbuf()
+        if self.rx != NULL:
+            self._ring_read()
+            return 0
         with nogil:
             got = c_recv(self.fd, self.rbuf + self.rend, self.rcap - self.rend, MSG_DONTWAIT)
         if got > 0:
@@ -1760,14 +1752,14 @@ cdef class Connection:
         return 1 if avail - 4 >= n else 0
 
     cdef Py_ssize_t _hub_read_ring(self) except -2:
-        """_hub_read() with rings: wake-up bytes (or EOF) from the socket,
-        then what rx holds."""
+        """_hub_read() with rings: what rx holds; only when it holds nothing,
+        the socket (wake-up bytes to drain, or EOF), a syscall the common
+        case need not pay."""
         cdef unsigned char scratch[64]
-        cdef ssize_t got = c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
         cdef Py_ssize_t n = self._ring_read()
         if n > 0:
             return n
-        return 0 if got == 0 else -1
+        return 0 if c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT) == 0 else -1
 
     cdef Py_ssize_t _hub_read(self) except -2:
         """One non-blocking read, with room made for the whole frame in

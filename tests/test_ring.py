@@ -3,6 +3,8 @@ bytes cross two rings in a memfd, the socket beside them kept for wake-ups
 and for seeing the peer go.  Checked against the socket path on the same
 messages, through the hub, end to end through the negotiation after the
 handshake, and against a peer that writes over the rings."""
+import fcntl
+import gc
 import mmap
 import os
 import random
@@ -11,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -307,6 +310,30 @@ class Served:
         self.proc.wait(WAIT)
 
 
+@pytest.fixture
+def serve(tmp_path):
+    """serve(**env): a Served manager, killed at the end of the test."""
+    started = []
+
+    def start(**env):
+        started.append(Served(tmp_path, **env))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.close()
+
+
+def raw_ring_client(served, wire):
+    """A socket and Connection to served, past a handshake whose hello asks
+    for a ring, the offer not yet made."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(served.address)
+    conn = wire.Connection(sock, timeout=WAIT)
+    wire.answer_challenge(conn, b"ring", os.urandom(16) + P.RING_HELLO)
+    return sock, conn
+
+
 def manager_class():
     from fastmgr import BaseManager
 
@@ -323,146 +350,115 @@ def connected_proxy(served):
 
 
 @needs_compiled_client
-def test_a_local_client_gets_rings_and_calls_through_them(tmp_path):
-    served = Served(tmp_path)
-    try:
-        p = connected_proxy(served)
-        assert [p.add(i, 1) for i in range(1000)] == list(range(1, 1001))
-        assert p._peer.tls.conn.has_ring
-    finally:
-        served.close()
+def test_a_local_client_gets_rings_and_calls_through_them(serve):
+    served = serve()
+    p = connected_proxy(served)
+    assert [p.add(i, 1) for i in range(1000)] == list(range(1, 1001))
+    assert p._peer.tls.conn.has_ring
 
 
 @needs_compiled_client
-def test_a_pure_python_server_declines_and_calls_go_through_the_socket(tmp_path):
-    served = Served(tmp_path, FASTMGR_PUREPYTHON="1")
-    try:
-        p = connected_proxy(served)
-        assert p.add(2, 3) == 5
-        assert not p._peer.tls.conn.has_ring
-    finally:
-        served.close()
+def test_a_pure_python_server_declines_and_calls_go_through_the_socket(serve):
+    served = serve(FASTMGR_PUREPYTHON="1")
+    p = connected_proxy(served)
+    assert p.add(2, 3) == 5
+    assert not p._peer.tls.conn.has_ring
 
 
 @needs_compiled_client
-def test_rings_can_be_turned_off(tmp_path, monkeypatch):
+def test_rings_can_be_turned_off(serve, monkeypatch):
     from fastmgr import connection
     monkeypatch.setattr(connection, "RINGS", False)
-    served = Served(tmp_path)
-    try:
-        p = connected_proxy(served)
-        assert p.add(2, 3) == 5
-        assert not p._peer.tls.conn.has_ring
-    finally:
-        served.close()
+    served = serve()
+    p = connected_proxy(served)
+    assert p.add(2, 3) == 5
+    assert not p._peer.tls.conn.has_ring
 
 
 @needs_compiled_client
 @pytest.mark.parametrize("offer", ["no-fd", "garbage", "silence"])
-def test_a_bad_ring_offer_ends_only_that_client(tmp_path, offer, wire):
-    served = Served(tmp_path, FASTMGR_HANDSHAKE_TIMEOUT="1")
-    try:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(served.address)
-        conn = wire.Connection(sock, timeout=WAIT)
-        wire.answer_challenge(conn, b"ring", os.urandom(16) + P.RING_HELLO)
-        if offer == "no-fd":
-            sock.sendall(struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER)
-        elif offer == "garbage":
-            sock.sendall(b"\0\0\0\x05hello")
-        with pytest.raises((EOFError, ConnectionResetError)):
-            conn.recv_bytes()
-        conn.close()
-        p = connected_proxy(served)
-        assert p.add(1, 1) == 2
-    finally:
-        served.close()
+def test_a_bad_ring_offer_ends_only_that_client(serve, offer, wire):
+    served = serve(FASTMGR_HANDSHAKE_TIMEOUT="1")
+    sock, conn = raw_ring_client(served, wire)
+    if offer == "no-fd":
+        sock.sendall(struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER)
+    elif offer == "garbage":
+        sock.sendall(b"\0\0\0\x05hello")
+    with pytest.raises((EOFError, ConnectionResetError)):
+        conn.recv_bytes()
+    conn.close()
+    p = connected_proxy(served)
+    assert p.add(1, 1) == 2
 
 
 @needs_compiled_client
 @pytest.mark.parametrize("kind", ["unsealed", "regular-file", "wrong-size"])
-def test_a_ring_file_that_could_change_size_is_declined(tmp_path, wire, kind):
+def test_a_ring_file_that_could_change_size_is_declined(serve, tmp_path, wire, kind):
     """Only a memfd sealed at its size is mapped: one that could shrink
     under the server's mapping would kill the server at its next look."""
-    import fcntl
-    served = Served(tmp_path)
+    served = serve()
+    sock, conn = raw_ring_client(served, wire)
+    size = wire.Connection.ring_size()
+    if kind == "regular-file":
+        fd = os.open(str(tmp_path / "ring"), os.O_RDWR | os.O_CREAT)
+        os.ftruncate(fd, size)
+    else:
+        fd = os.memfd_create("r", os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size if kind == "unsealed" else size - 4096)
+        if kind == "wrong-size":
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_SEAL)
     try:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(served.address)
-        conn = wire.Connection(sock, timeout=WAIT)
-        wire.answer_challenge(conn, b"ring", os.urandom(16) + P.RING_HELLO)
-        size = wire.Connection.ring_size()
-        if kind == "regular-file":
-            fd = os.open(str(tmp_path / "ring"), os.O_RDWR | os.O_CREAT)
-            os.ftruncate(fd, size)
-        else:
-            fd = os.memfd_create("r", os.MFD_ALLOW_SEALING)
-            os.ftruncate(fd, size if kind == "unsealed" else size - 4096)
-            if kind == "wrong-size":
-                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-                            | fcntl.F_SEAL_SEAL)
-        try:
-            socket.send_fds(sock, [struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER], [fd])
-            assert conn.recv_bytes() == P.RING_DECLINE
-        finally:
-            os.close(fd)
-        # the connection goes on over the socket
-        kind_, value = conn.call(0, "number_of_objects", ())
-        assert kind_ == P.RESP_RETURN and value == 0
-        conn.close()
+        socket.send_fds(sock, [struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER], [fd])
+        assert conn.recv_bytes() == P.RING_DECLINE
     finally:
-        served.close()
+        os.close(fd)
+    # the connection goes on over the socket
+    kind_, value = conn.call(0, "number_of_objects", ())
+    assert kind_ == P.RESP_RETURN and value == 0
+    conn.close()
 
 
 @needs_compiled_client
-def test_the_seals_we_set_stop_any_size_change(tmp_path):
-    served = Served(tmp_path)
+def test_the_seals_we_set_stop_any_size_change(serve):
+    served = serve()
+    p = connected_proxy(served)
+    assert p.add(1, 2) == 3
+    # a file sealed as offer_ring() seals its own: no size change takes
+    from fastmgr import connection
+    fd = os.memfd_create("probe", os.MFD_ALLOW_SEALING)
     try:
-        p = connected_proxy(served)
-        assert p.add(1, 2) == 3
-        # the client's own file, as the server got it: no size change takes
-        from fastmgr import connection
-        import fcntl
-        fd = os.memfd_create("probe", os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(fd, 4096)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, connection._RING_SEALS)
-            with pytest.raises(PermissionError):
-                os.ftruncate(fd, 0)
-            assert connection._sound_ring_file(fd, 4096)
-        finally:
-            os.close(fd)
+        os.ftruncate(fd, 4096)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, connection._RING_SEALS)
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)
+        assert connection._sound_ring_file(fd, 4096)
     finally:
-        served.close()
+        os.close(fd)
 
 
 @needs_compiled_client
-def test_connections_that_end_give_their_rings_back(tmp_path):
+def test_connections_that_end_give_their_rings_back(serve):
     """Threads that call once and end: their connections' mappings go on
     both sides (a Connection unmaps when it goes), so churn leaks nothing."""
-    import gc
-    import time
 
     def mapped(pid):
         with open("/proc/%d/maps" % pid) as f:
             return sum(1 for line in f if "fastmgr-ring" in line)
 
-    served = Served(tmp_path)
-    try:
-        p = connected_proxy(served)
-        assert p.add(1, 2) == 3
-        ours = mapped(os.getpid())  # earlier tests' connections may live on
-        for _ in range(3):
-            threads = [threading.Thread(target=p.add, args=(1, 2)) for _ in range(50)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(WAIT)
-        gc.collect()
-        deadline = time.monotonic() + WAIT
-        while mapped(served.proc.pid) > 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert mapped(served.proc.pid) <= 4  # the main thread's, the anchor's, and slack
-        assert mapped(os.getpid()) <= ours + 2
-    finally:
-        served.close()
+    served = serve()
+    p = connected_proxy(served)
+    assert p.add(1, 2) == 3
+    ours = mapped(os.getpid())  # earlier tests' connections may live on
+    for _ in range(3):
+        threads = [threading.Thread(target=p.add, args=(1, 2)) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+    gc.collect()
+    deadline = time.monotonic() + WAIT
+    while mapped(served.proc.pid) > 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mapped(served.proc.pid) <= 4  # the main thread's, the anchor's, and slack
+    assert mapped(os.getpid()) <= ours + 2
