@@ -1751,19 +1751,22 @@ cdef class Connection:
             return -1
         return 1 if avail - 4 >= n else 0
 
-    cdef Py_ssize_t _hub_read_ring(self) except -2:
-        """_hub_read() with rings: what rx holds; only when it holds nothing,
-        the socket (wake-up bytes to drain, or EOF), a syscall the common
-        case need not pay."""
+    cdef Py_ssize_t _hub_read_ring(self, bint drain) except -2:
+        """_hub_read() with rings: what rx holds.  The socket (wake-up bytes,
+        or EOF) is read when rx holds nothing, or when drain says wake-ups
+        may be waiting there: a syscall the common case need not pay."""
         cdef unsigned char scratch[64]
         cdef Py_ssize_t n = self._ring_read()
         if n > 0:
+            if drain:
+                c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
             return n
         return 0 if c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT) == 0 else -1
 
-    cdef Py_ssize_t _hub_read(self) except -2:
+    cdef Py_ssize_t _hub_read(self, bint drain=True) except -2:
         """One non-blocking read, with room made for the whole frame in
-        progress. Returns the bytes read, 0 at EOF, -1 if none had come."""
+        progress. Returns the bytes read, 0 at EOF, -1 if none had come.
+        With rings, drain: wake-up bytes may wait on the socket."""
         cdef Py_ssize_t have = self.rend - self.rstart
         cdef Py_ssize_t need = 4096
         cdef ssize_t got
@@ -1782,7 +1785,7 @@ cdef class Connection:
                 self.rbuf = nbuf
                 self.rcap = have + need
         if self.rx != NULL:
-            return self._hub_read_ring()
+            return self._hub_read_ring(drain)
         got = c_recv(self.fd, self.rbuf + self.rend, self.rcap - self.rend, MSG_DONTWAIT)
         if got > 0:
             self.rend += got
@@ -2274,9 +2277,11 @@ cdef class _Served:
     cdef bint ended
     cdef _Reply reply
     cdef int ring_at            # its place in the hub's ring table, -1 if none
+    cdef long drained           # the hub's sleeps when its socket was last read
 
     def __cinit__(self):
         self.ring_at = -1
+        self.drained = -1
 
 
 @cython.final
@@ -2322,6 +2327,7 @@ cdef class Hub:
     cdef uint64_t* ring_token
     cdef int nrings
     cdef int ring_cap
+    cdef long sleeps                # times the loop raised the rings' flags to sleep
 
     def __cinit__(self):
         self.epfd = self.wakefd = self.parkfd = -1
@@ -2553,6 +2559,7 @@ cdef class Hub:
             # clients ring while we sleep; a message that came before they
             # could see that is seen by the last look
             self._rings_waiting(1)
+            self.sleeps += 1
             n = self._rings_ready(events, 0)
             if n == 0:
                 fm_store(&self.blocked, 1)
@@ -2578,7 +2585,10 @@ cdef class Hub:
             if s.ring_at < 0 and conn.rx != NULL:
                 self._ring_add(s)
             if conn._frame_state() != 1:
-                got = conn._hub_read()
+                # clients ring only while the loop sleeps: their wake-ups
+                # can wait on the socket only if it slept since last read
+                got = conn._hub_read(s.drained != self.sleeps)
+                s.drained = self.sleeps
             while True:
                 state = conn._frame_state()
                 if conn.wbuf.length and (state == 0 or conn.wbuf.total() >= c_copy_threshold):
