@@ -197,6 +197,22 @@ cdef extern from *:
         if (fm_slot < 0) return 0;
         return busy < fm_max_spinners ? 1 : 2;
     }
+    /* Move the calling thread off the CPU it runs on, to another it may
+       use, without changing the CPUs it may use: narrow its affinity (the
+       kernel migrates it at once), then put the old mask back.  Returns
+       whether it moved. */
+    #include <sched.h>
+    static int fm_move_off_cpu(void) {
+        cpu_set_t mask, others;
+        int me = sched_getcpu();
+        if (me < 0 || sched_getaffinity(0, sizeof mask, &mask) != 0) return 0;
+        if (CPU_COUNT(&mask) < 2 || !CPU_ISSET(me, &mask)) return 0;
+        others = mask;
+        CPU_CLR(me, &others);
+        if (sched_setaffinity(0, sizeof others, &others) != 0) return 0;
+        sched_setaffinity(0, sizeof mask, &mask);
+        return 1;
+    }
     static inline void fm_slot_leave(void) {
         int64_t v = fm_slot_stamp;
         if (fm_slots == NULL) { fm_spin_leave(); return; }
@@ -276,6 +292,7 @@ cdef extern from *:
     int fm_slot_max
     int fm_slot_enter() nogil
     void fm_slot_leave() nogil
+    int fm_move_off_cpu() nogil
     bint fm_again(int e) nogil
     ctypedef struct fm_ring:
         uint32_t reader_waiting
@@ -350,6 +367,13 @@ cdef double CALM_SPIN_S = 4e-6
 # yield at once, but for one in CALM_PROBE, which looks again.
 cdef double CALM_LATE_MAX = 0.75
 cdef unsigned int CALM_PROBE = 64
+# The server's loop moves to another CPU when its catches come late
+# (_move_apart), at most once in MOVE_GAP_MIN spins, doubling the gap after
+# each move up to MOVE_GAP_MAX until catches come early (late below
+# MOVE_SETTLED) again.
+cdef double MOVE_SETTLED = 0.5
+cdef unsigned int MOVE_GAP_MIN = 64
+cdef unsigned int MOVE_GAP_MAX = 65536
 # A yield that kept the CPU from us this long means a busy thread took it
 # for a whole time slice: the spin stops there.  That happens now and then
 # anyway, but where a busy process shares our CPUs it happens often, and a
@@ -370,6 +394,8 @@ cdef struct SpinState:
     unsigned int spins  # spins so far
     bint calm           # the spin in progress began with a calm phase
     double late         # share of recent calm spins that caught only after yielding
+    unsigned int move_at   # spins before the next move to another CPU (_move_apart)
+    unsigned int move_gap  # spins between two moves
 
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
@@ -487,6 +513,31 @@ cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double wo
             and st.lost * exp((st.lost_at - woke) / LOST_TAU_S) <= LOST_MAX_S):
         st.now = budget
         st.misses = 0
+
+
+cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
+    """The server's loop, when its peers run only while it yields (most
+    catches late, see CALM_LATE_MAX), shares its CPU with one of them,
+    often by chance: the kernel wakes a thread beside its waker, and two
+    threads that yield to each other are never moved apart.  Then the loop
+    moves to another CPU, if it may use one.  Where that does not help
+    (more spinners than CPUs), the moves come ever more rarely."""
+    if st.move_gap < MOVE_GAP_MIN:
+        st.move_gap = MOVE_GAP_MIN
+    if slot != SLOT_FULL:
+        return
+    if st.late < CALM_LATE_MAX:
+        if st.late < MOVE_SETTLED:
+            st.move_gap = MOVE_GAP_MIN
+        return
+    if <int>(st.spins - st.move_at) < 0:
+        return
+    if fm_move_off_cpu():
+        # look again: the calm phase comes back until catches say otherwise
+        st.late = MOVE_SETTLED
+    st.move_at = st.spins + st.move_gap
+    if st.move_gap < MOVE_GAP_MAX:
+        st.move_gap *= 2
 
 
 cdef inline double _calm_until(SpinState* st, int slot, double t) noexcept nogil:
@@ -1497,7 +1548,7 @@ cdef class Connection:
                 if got < 0 and fm_again(err):
                     self._wait(POLLIN, deadline)
                     continue
-            elif outcome != SPIN_OFF:
+            elif outcome == SPIN_PAID:
                 _adapt_spin(&self.spin, self._spin_us, SPIN_PAID)
             if got > 0:
                 self.rend += got
@@ -2517,6 +2568,7 @@ cdef class Hub:
                     outcome = SPIN_MISSED
                     t = _now()
                     until = t + self.spin.now * 1e-6
+                    _move_apart(&self.spin, slot)
                     calm = _calm_until(&self.spin, slot, t)
                     while True:
                         if lfd >= 0:

@@ -24,6 +24,7 @@ import time
 import pytest
 
 import _hub_helpers as H
+import fastmgr
 import conftest
 from conftest import Worker, child_env
 from fastmgr import _protocol as P
@@ -684,6 +685,54 @@ def gate_manager(impl):
     m.start()
     yield m
     m.shutdown()
+
+
+def _task_stat(pid, tid):
+    with open("/proc/%d/task/%d/stat" % (pid, tid)) as f:
+        return f.read().rpartition(")")[2].split()
+
+
+def _ran_ns(pid, tid):
+    with open("/proc/%d/task/%d/schedstat" % (pid, tid)) as f:
+        return int(f.read().split()[0])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.skipif(conftest.PUREPYTHON, reason="the pure-Python server does not spin")
+def test_server_loop_moves_off_the_cpu_of_its_client():
+    """A client whose wake-up put the server's loop on its own CPU is
+    served only while it yields, and the kernel keeps two threads that
+    yield to each other together: the loop moves to another of its CPUs,
+    and every server thread keeps the CPUs it may use."""
+    m = fastmgr.SyncManager()
+    m.start()
+    mask = os.sched_getaffinity(0)
+    me = os.getpid()
+    try:
+        d = m.dict()
+        d["k"] = 1
+        server = m._process.pid
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % server)]
+        for tid in tids + [me]:
+            os.sched_setaffinity(tid, {min(mask)})
+        ran = {tid: _ran_ns(server, tid) for tid in tids}
+        for _ in range(200):
+            assert d["k"] == 1
+        for tid in tids + [me]:
+            os.sched_setaffinity(tid, mask)
+        loop = max(tids, key=lambda tid: _ran_ns(server, tid) - ran[tid])
+        assert _task_stat(server, loop)[36] == _task_stat(me, me)[36]
+        for _ in range(4):  # it moves within a few hundred calls
+            for _ in range(500):
+                assert d["k"] == 1
+            if _task_stat(server, loop)[36] != _task_stat(me, me)[36]:
+                break
+        else:
+            pytest.fail("the loop stayed on its client's CPU for 2,000 calls")
+        assert all(os.sched_getaffinity(tid) == mask for tid in tids)
+    finally:
+        os.sched_setaffinity(me, mask)
+        m.shutdown()
 
 
 def in_new_thread(steps):
