@@ -382,6 +382,9 @@ cdef unsigned int MOVE_GAP_MAX = 65536
 # yields, decaying with LOST_TAU_S, passes LOST_MAX_S, spinning stops for
 # PROBE_MAX blocking waits.
 cdef double LONG_YIELD_S = 1e-3
+# a yield that takes this long ran another thread: one that does not, a
+# system call, takes well under it
+cdef double SWITCHED_S = 2e-6
 cdef double LOST_TAU_S = 1.0
 cdef double LOST_MAX_S = 0.05
 
@@ -393,7 +396,7 @@ cdef struct SpinState:
     double lost_at      # when lost was last brought up to date
     unsigned int spins  # spins so far
     bint calm           # the spin in progress began with a calm phase
-    double late         # share of recent calm spins that caught only after yielding
+    double late         # share of recent calm spins that caught only after a yield ran another thread
     unsigned int move_at   # spins before the next move to another CPU (_move_apart)
     unsigned int move_gap  # spins between two moves
 
@@ -505,6 +508,18 @@ cdef inline bint _long_yield(SpinState* st, double before, double after) noexcep
     return True
 
 
+cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept nogil:
+    """A spinner's yield, from before: sets switched if another thread ran
+    meanwhile (the yield took SWITCHED_S or more); whether it was long
+    (_long_yield)."""
+    cdef double after
+    sched_yield()
+    after = _now()
+    if after - before >= SWITCHED_S:
+        switched[0] = True
+    return _long_yield(st, before, after)
+
+
 cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double woke) noexcept nogil:
     """A blocking wait from asleep to woke, with spinning off: if it ended
     within the budget, spinning would have caught the message, so spin
@@ -548,7 +563,8 @@ cdef inline double _calm_until(SpinState* st, int slot, double t) noexcept nogil
 
 
 cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
-    """A spin caught its message; yielded: only after yielding."""
+    """A spin caught its message; yielded: only after a yield that ran
+    another thread (the peer, if it shares our CPU)."""
     if st.calm:
         st.late += ((1.0 if yielded else 0.0) - st.late) / 16.0
 
@@ -1278,9 +1294,7 @@ cdef class Connection:
             if g_spin_yield and t >= calm:
                 # a peer (or anyone) waiting for this CPU gets it: spinning
                 # must never starve the thread we are waiting for
-                sched_yield()
-                yielded = True
-                if _long_yield(&self.spin, t, _now()):
+                if _yield(&self.spin, t, &yielded):
                     outcome[0] = SPIN_LONG_YIELD
                     fm_set_errno(EAGAIN)
                     return -1
@@ -1377,9 +1391,7 @@ cdef class Connection:
                         calm = _calm_until(&self.spin, slot, t)
                         while True:
                             if g_spin_yield and t >= calm:
-                                sched_yield()
-                                yielded = True
-                                if _long_yield(&self.spin, t, _now()):
+                                if _yield(&self.spin, t, &yielded):
                                     outcome = SPIN_LONG_YIELD
                                     break
                             if fm_ring_readable(self.rx, self.rx_head) != 0:
@@ -2591,9 +2603,7 @@ cdef class Hub:
                         if n != 0 or t >= until:
                             break
                         if g_spin_yield and t >= calm:
-                            sched_yield()
-                            yielded = True
-                            if _long_yield(&self.spin, t, _now()):
+                            if _yield(&self.spin, t, &yielded):
                                 outcome = SPIN_LONG_YIELD
                                 break
                     fm_slot_leave()
