@@ -536,7 +536,8 @@ cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
     often by chance: the kernel wakes a thread beside its waker, and two
     threads that yield to each other are never moved apart.  Then the loop
     moves to another CPU, if it may use one.  Where that does not help
-    (more spinners than CPUs), the moves come ever more rarely."""
+    (the kernel puts it back, or another client waits there), the moves
+    come ever more rarely."""
     if st.move_gap < MOVE_GAP_MIN:
         st.move_gap = MOVE_GAP_MIN
     if slot != SLOT_FULL:
