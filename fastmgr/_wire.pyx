@@ -531,11 +531,12 @@ cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double wo
 
 
 cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
-    """The server's loop, when its peers run only while it yields (most
-    catches late, see CALM_LATE_MAX), shares its CPU with one of them,
-    often by chance: the kernel wakes a thread beside its waker, and two
-    threads that yield to each other are never moved apart.  Then the loop
-    moves to another CPU, if it may use one.  Where that does not help
+    """The server's loop (or a server thread that serves one connection),
+    when its peers run only while it yields (most catches late, see
+    CALM_LATE_MAX), shares its CPU with one of them, often by chance: the
+    kernel wakes a thread beside its waker, and two threads that yield to
+    each other are never moved apart.  Then it moves to another CPU, if it
+    may use one.  Where that does not help
     (the kernel puts it back, or another client waits there), the moves
     come ever more rarely."""
     if st.move_gap < MOVE_GAP_MIN:
@@ -1105,6 +1106,7 @@ cdef class Connection:
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef int _spin_us               # spin budget before blocking, µs
     cdef SpinState spin             # how the budget in force adapts
+    cdef bint moves                 # a server thread of its own: may move off its client's CPU
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods
     cdef unsigned char* rbuf        # incoming bytes
@@ -1289,8 +1291,11 @@ cdef class Connection:
         cdef ssize_t got
         cdef double t = _now()
         cdef double until = t + self.spin.now * 1e-6
-        cdef double calm = _calm_until(&self.spin, slot, t)
+        cdef double calm
         cdef bint yielded = False
+        if self.moves:
+            _move_apart(&self.spin, slot)
+        calm = _calm_until(&self.spin, slot, t)
         while True:
             if g_spin_yield and t >= calm:
                 # a peer (or anyone) waiting for this CPU gets it: spinning
@@ -1389,6 +1394,8 @@ cdef class Connection:
                         yielded = False
                         t = _now()
                         until = t + self.spin.now * 1e-6
+                        if self.moves:
+                            _move_apart(&self.spin, slot)
                         calm = _calm_until(&self.spin, slot, t)
                         while True:
                             if g_spin_yield and t >= calm:
@@ -2712,6 +2719,7 @@ cdef class Hub:
         exc = None
         try:
             if not s.ended and not s.conn.closed:
+                s.conn.moves = True
                 if s.conn.wbuf.length:
                     s.conn._send_buffer()
                 serve_connection(s.conn, self.table, s.control, self.fallback, s.make_proxy)

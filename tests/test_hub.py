@@ -699,36 +699,49 @@ def _ran_ns(pid, tid):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 @pytest.mark.skipif(conftest.PUREPYTHON, reason="the pure-Python server does not spin")
-def test_server_loop_moves_off_the_cpu_of_its_client():
-    """A client whose wake-up put the server's loop on its own CPU is
-    served only while it yields, and the kernel keeps two threads that
-    yield to each other together: the loop moves to another of its CPUs,
-    and every server thread keeps the CPUs it may use."""
+@pytest.mark.parametrize("served_by", ["loop", "own thread"])
+def test_server_thread_moves_off_the_cpu_of_its_client(served_by):
+    """A client whose wake-up put the thread that serves it on its own CPU
+    is served only while that thread yields, and the kernel keeps two
+    threads that yield to each other together: the server's thread (the
+    loop for a dict, a thread of the connection's own for a lock) moves to
+    another of its CPUs, and every server thread keeps the CPUs it may use."""
     m = fastmgr.SyncManager()
     m.start()
     mask = os.sched_getaffinity(0)
     me = os.getpid()
     try:
-        d = m.dict()
-        d["k"] = 1
+        if served_by == "loop":
+            d = m.dict()
+            d["k"] = 1
+
+            def call():
+                assert d["k"] == 1
+        else:
+            lock = m.Lock()
+
+            def call():
+                assert lock.acquire(timeout=WAIT)
+                lock.release()
+        call()
         server = m._process.pid
         tids = [int(t) for t in os.listdir("/proc/%d/task" % server)]
         for tid in tids + [me]:
             os.sched_setaffinity(tid, {min(mask)})
         ran = {tid: _ran_ns(server, tid) for tid in tids}
         for _ in range(200):
-            assert d["k"] == 1
+            call()
         for tid in tids + [me]:
             os.sched_setaffinity(tid, mask)
-        loop = max(tids, key=lambda tid: _ran_ns(server, tid) - ran[tid])
-        assert _task_stat(server, loop)[36] == _task_stat(me, me)[36]
+        serving = max(tids, key=lambda tid: _ran_ns(server, tid) - ran[tid])
+        assert _task_stat(server, serving)[36] == _task_stat(me, me)[36]
         for _ in range(4):  # it moves within a few hundred calls
             for _ in range(500):
-                assert d["k"] == 1
-            if _task_stat(server, loop)[36] != _task_stat(me, me)[36]:
+                call()
+            if _task_stat(server, serving)[36] != _task_stat(me, me)[36]:
                 break
         else:
-            pytest.fail("the loop stayed on its client's CPU for 2,000 calls")
+            pytest.fail("the server's thread stayed on its client's CPU for 2,000 calls")
         assert all(os.sched_getaffinity(tid) == mask for tid in tids)
     finally:
         os.sched_setaffinity(me, mask)
