@@ -413,17 +413,18 @@ cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_U
 
 
 cdef void _refresh_max_spinners() noexcept:
-    """Spinning pays only where the peer can run beside us: none when this
-    process may use a single CPU; otherwise as many spinners as CPUs on the
-    whole machine (counted in the shared slots) spin freely, and up to
-    SLOTS_PER_CPU times as many more yield the CPU at every turn."""
+    """As many spinners as CPUs on the whole machine (counted in the shared
+    slots) spin freely, and up to SLOTS_PER_CPU times as many more yield
+    the CPU at every turn.  A process that may use a single CPU has no free
+    spinners: there the peer runs only when we yield, and a yield that
+    hands it the CPU costs less than waking it from sleep."""
     global fm_max_spinners, fm_slot_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = _os.cpu_count() or 1
     fm_max_spinners = ncpu if ncpu > 1 else 0
-    fm_slot_max = min(SLOTS_PER_CPU * fm_max_spinners, MAX_SLOTS)
+    fm_slot_max = min(SLOTS_PER_CPU * max(1, fm_max_spinners), MAX_SLOTS)
 
 
 cdef void _map_slots() noexcept:
@@ -473,7 +474,7 @@ cdef void _adapt_spin(SpinState* st, int budget, int outcome) noexcept:
     if outcome != SPIN_OFF:
         g_spins += 1
         if g_spins >= SPINS_PER_REFRESH:
-            # pinned to one CPU since?  then spinning only gets in the way
+            # the CPUs we may use can change (pinned to one since?)
             g_spins = 0
             _refresh_max_spinners()
     if st.wait < PROBE_MIN:

@@ -748,6 +748,43 @@ def test_server_thread_moves_off_the_cpu_of_its_client(served_by):
         m.shutdown()
 
 
+def _put_later(q):
+    time.sleep(0.2)
+    q.put("late")
+
+
+def test_everything_on_one_cpu():
+    """Server and client pinned to one CPU, where a wait spins only by
+    yielding the CPU: calls, a 1 MiB argument through the ring, and a
+    blocking get that another process's put ends, all come through."""
+    m = fastmgr.SyncManager()
+    m.start()
+    mask = os.sched_getaffinity(0)
+    server = m._process.pid
+    pinned = [int(t) for t in os.listdir("/proc/%d/task" % server)] + [os.getpid()]
+    for tid in pinned:
+        os.sched_setaffinity(tid, {min(mask)})
+    try:
+        d, q = m.dict(), m.Queue()
+        for i in range(2000):
+            d[i % 10] = i
+            assert d[i % 10] == i
+        blob = os.urandom(1 << 20)
+        d["blob"] = blob
+        assert d["blob"] == blob
+        child = multiprocessing.get_context("fork").Process(target=_put_later, args=(q,))
+        child.start()
+        assert q.get(timeout=WAIT) == "late"
+        finish(child)
+    finally:
+        for tid in pinned:
+            try:
+                os.sched_setaffinity(tid, mask)
+            except ProcessLookupError:
+                pass
+        m.shutdown()
+
+
 def in_new_thread(steps):
     """Run this process's side of a test from a new thread: its proxies
     then use a new connection, which no earlier test moved to a thread of
