@@ -346,6 +346,9 @@ cdef enum:
     # slots per CPU: a polite spinner's turn costs about 1 µs, so this many
     # go round well within a spin budget
     SLOTS_PER_CPU = 8
+    # bytes sent per µs added to the spin that waits for the answer
+    SPIN_EXTRA_BYTES = 8192
+    SPIN_EXTRA_MAX_US = 1000
     # most large bytes values one message keeps external (see WriteBuffer)
     MAX_EXTERNALS = 64
     # machine-wide client spinner slots
@@ -1108,6 +1111,7 @@ cdef class Connection:
     cdef int _spin_us               # spin budget before blocking, µs
     cdef SpinState spin             # how the budget in force adapts
     cdef bint moves                 # a server thread of its own: may move off its client's CPU
+    cdef int spin_extra             # µs added to the next spin: the peer is taking in a large message
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods
     cdef unsigned char* rbuf        # incoming bytes
@@ -1291,7 +1295,7 @@ cdef class Connection:
         yield kept the CPU from us too long (SPIN_LONG_YIELD)."""
         cdef ssize_t got
         cdef double t = _now()
-        cdef double until = t + self.spin.now * 1e-6
+        cdef double until = t + (self.spin.now + self.spin_extra) * 1e-6
         cdef double calm
         cdef bint yielded = False
         if self.moves:
@@ -1394,7 +1398,7 @@ cdef class Connection:
                         outcome = SPIN_MISSED
                         yielded = False
                         t = _now()
-                        until = t + self.spin.now * 1e-6
+                        until = t + (self.spin.now + self.spin_extra) * 1e-6
                         if self.moves:
                             _move_apart(&self.spin, slot)
                         calm = _calm_until(&self.spin, slot, t)
@@ -1411,6 +1415,7 @@ cdef class Connection:
                             if t >= until:
                                 break
                         fm_slot_leave()
+                self.spin_extra = 0
             if outcome == SPIN_PAID:
                 _adapt_spin(&self.spin, self._spin_us, SPIN_PAID)
                 continue
@@ -1554,6 +1559,7 @@ cdef class Connection:
                         got = self._spin_recv(self.rbuf + self.rend, space, slot, &outcome)
                         err = errno
                         fm_slot_leave()
+                    self.spin_extra = 0
             if got < 0 and fm_again(err):
                 if outcome != SPIN_OFF or self._spin_us > 0:
                     _adapt_spin(&self.spin, self._spin_us, outcome)
@@ -1747,6 +1753,8 @@ cdef class Connection:
         cdef bytes data
         try:
             self._check_open()
+            # the peer answers a large message only once it has taken it in
+            self.spin_extra = <int>min((w.length + w.ext_bytes) // SPIN_EXTRA_BYTES, SPIN_EXTRA_MAX_US)
             if w.ext_bytes == 0:
                 iov[0].iov_base = w.buf
                 iov[0].iov_len = w.length
