@@ -346,6 +346,9 @@ cdef enum:
     # slots per CPU: a polite spinner's turn costs about 1 µs, so this many
     # go round well within a spin budget
     SLOTS_PER_CPU = 8
+    # the first part of a large message to a sleeping reader, after which
+    # the reader is woken (_ring_send_iov)
+    RING_FIRST_PUT = 32768
     # bytes sent per µs added to the spin that waits for the answer
     SPIN_EXTRA_BYTES = 8192
     SPIN_EXTRA_MAX_US = 1000
@@ -1384,21 +1387,25 @@ cdef class Connection:
     cdef int _fill_ring(self, Py_ssize_t need, double deadline) except -1:
         """_fill() through rx: copy, spin on the ring, then sleep until the
         peer rings.  Precondition: rbuf can hold need bytes."""
-        cdef int slot, outcome
+        cdef int slot, outcome, budget
         cdef double t, until, calm
         cdef bint yielded
         while self.rend - self.rstart < need:
             if self._ring_read() > 0:
                 continue
             outcome = SPIN_OFF
-            if self.spin.now > 0:
+            budget = self.spin.now
+            if self.rend > self.rstart and budget < self._spin_us:
+                # a frame is half in: its writer is busy writing the rest
+                budget = self._spin_us
+            if budget > 0:
                 with nogil:
                     slot = fm_slot_enter()
                     if slot:
                         outcome = SPIN_MISSED
                         yielded = False
                         t = _now()
-                        until = t + (self.spin.now + self.spin_extra) * 1e-6
+                        until = t + (budget + self.spin_extra) * 1e-6
                         if self.moves:
                             _move_apart(&self.spin, slot)
                         calm = _calm_until(&self.spin, slot, t)
@@ -1437,6 +1444,7 @@ cdef class Connection:
         cdef int64_t room
         cdef size_t n
         cdef double deadline = -2.0
+        cdef bint first = True
         while count > 0:
             if iov[0].iov_len == 0:
                 iov += 1
@@ -1447,7 +1455,15 @@ cdef class Connection:
                 return self._ring_corrupt()
             if room > 0:
                 n = iov[0].iov_len if iov[0].iov_len < <size_t>room else <size_t>room
-                fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
+                if first and n > RING_FIRST_PUT and fm_flag_seen(&self.tx.reader_waiting):
+                    # a large message to a sleeping reader: wake it after
+                    # a first part, so that it reads while we write the rest
+                    n = RING_FIRST_PUT
+                    fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
+                    self._doorbell()
+                else:
+                    fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
+                first = False
                 iov[0].iov_base = <char*>iov[0].iov_base + n
                 iov[0].iov_len -= n
                 continue
@@ -2384,6 +2400,7 @@ cdef class Hub:
     cdef object start_thread        # start_thread(fn, *args): run fn in a new daemon thread
     cdef dict served                # token -> _Served
     cdef uint64_t tokens
+    cdef bint partial               # a frame was left half in: the next wait spins its whole budget
     cdef public int spin_us
     cdef SpinState spin
     cdef long generation            # bumped each time a stuck loop thread is replaced
@@ -2578,7 +2595,13 @@ cdef class Hub:
         cdef size_t lspace = 0
         cdef Connection lconn
         cdef _Served ls = self.last
-        if self.spin.now > 0 and fm_slot_max > 0:
+        cdef int budget = self.spin.now
+        if self.partial:
+            # a frame is half in: its writer is busy writing the rest
+            self.partial = False
+            if budget < self.spin_us:
+                budget = self.spin_us
+        if budget > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
             if n >= 0:
                 n = self._rings_ready(events, n)
@@ -2590,13 +2613,13 @@ cdef class Hub:
                 lfd = lconn.fd
                 lbuf = lconn.rbuf + lconn.rend
                 lspace = lconn.rcap - lconn.rend
-        if self.spin.now > 0:
+        if budget > 0:
             with nogil:
                 slot = fm_slot_enter()
                 if slot:
                     outcome = SPIN_MISSED
                     t = _now()
-                    until = t + self.spin.now * 1e-6
+                    until = t + budget * 1e-6
                     _move_apart(&self.spin, slot)
                     calm = _calm_until(&self.spin, slot, t)
                     while True:
@@ -2676,6 +2699,8 @@ cdef class Hub:
                         return REPLACED
                     continue  # a send that had to wait may have read more requests
                 if state == 0:
+                    if conn.rend > conn.rstart:
+                        self.partial = True
                     break
                 if state < 0 or conn.rend - conn.rstart < 13:
                     return OWN_THREAD

@@ -109,6 +109,23 @@ def test_messages_cross_the_ring_as_they_cross_a_socket(wire, ring_pair):
         plain_server.close()
 
 
+def test_large_messages_reach_a_sleeping_reader_whole(wire, ring_pair):
+    """With spinning off every wait sleeps: a writer wakes the reader
+    after the first part of a large message and writes the rest while it
+    reads; sizes around that first part and the ring's capacity."""
+    client, server = ring_pair
+    client.spin_us = server.spin_us = 0
+    cap = wire.Connection.ring_size() // 2 - 256
+    sizes = [(32 << 10) - 1, 32 << 10, (32 << 10) + 1, cap, cap + 1, 3 << 20]
+    payloads = [os.urandom(n) for n in sizes]
+    worker = Worker(echo_all, server, len(payloads))
+    for payload in payloads:
+        time.sleep(0.01)  # the echo side is asleep in its wait by now
+        client.send_bytes(payload)
+        assert client.recv_bytes() == payload
+    worker.outcome()
+
+
 def test_two_sides_writing_a_lot_at_once_do_not_block_each_other(ring_pair):
     client, server = ring_pair
 
