@@ -527,12 +527,18 @@ cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept n
     return _long_yield(st, before, after)
 
 
+cdef inline bint _cpus_free(SpinState* st) noexcept nogil:
+    """Whether long yields have lost less than LOST_MAX_S lately: if not, a
+    busy process shares our CPUs and spinning stays off."""
+    return st.lost * exp((st.lost_at - _now()) / LOST_TAU_S) <= LOST_MAX_S
+
+
 cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double woke) noexcept nogil:
     """A blocking wait from asleep to woke, with spinning off: if it ended
     within the budget, spinning would have caught the message, so spin
     again from the next wait (unless long yields said the CPUs are busy)."""
     if (st.now == 0 and budget > 0 and woke - asleep < budget * 1e-6
-            and st.lost * exp((st.lost_at - woke) / LOST_TAU_S) <= LOST_MAX_S):
+            and _cpus_free(st)):
         st.now = budget
         st.misses = 0
 
@@ -1395,7 +1401,7 @@ cdef class Connection:
                 continue
             outcome = SPIN_OFF
             budget = self.spin.now
-            if self.rend > self.rstart and budget < self._spin_us:
+            if self.rend > self.rstart and budget < self._spin_us and _cpus_free(&self.spin):
                 # a frame is half in: its writer is busy writing the rest
                 budget = self._spin_us
             if budget > 0:
@@ -1490,7 +1496,7 @@ cdef class Connection:
         message crosses the ring in many such turns."""
         cdef int slot
         cdef double t, until, calm
-        cdef bint room = False
+        cdef bint room = False, switched = False, long_yield = False
         if self.spin.now == 0:
             return False
         with nogil:
@@ -1506,11 +1512,15 @@ cdef class Connection:
                     if t >= until:
                         break
                     if g_spin_yield and t >= calm:
-                        sched_yield()
-                        if _now() - t >= LONG_YIELD_S:
+                        if _yield(&self.spin, t, &switched):
+                            long_yield = True
                             break
                     t = _now()
                 fm_slot_leave()
+        if long_yield:
+            # counted as the other spins count it: where yields keep losing
+            # the CPU (a busy process beside us), spinning stops
+            _adapt_spin(&self.spin, self._spin_us, SPIN_LONG_YIELD)
         return room
 
     cdef int _grow_rbuf(self) except -1:
@@ -2599,7 +2609,7 @@ cdef class Hub:
         if self.partial:
             # a frame is half in: its writer is busy writing the rest
             self.partial = False
-            if budget < self.spin_us:
+            if budget < self.spin_us and _cpus_free(&self.spin):
                 budget = self.spin_us
         if budget > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
