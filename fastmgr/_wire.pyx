@@ -349,6 +349,11 @@ cdef enum:
     # the first part of a large message to a sleeping reader, after which
     # the reader is woken (_ring_send_iov)
     RING_FIRST_PUT = 32768
+    # a large message's turns through a ring (a writer waiting for room,
+    # a reader holding half a frame) spin this many times the budget: the
+    # other side is busy copying up to a ring's worth, which takes longer
+    # than a small message's answer
+    BULK_SPINS = 4
     # bytes sent per µs added to the spin that waits for the answer
     SPIN_EXTRA_BYTES = 8192
     SPIN_EXTRA_MAX_US = 1000
@@ -1401,9 +1406,10 @@ cdef class Connection:
                 continue
             outcome = SPIN_OFF
             budget = self.spin.now
-            if self.rend > self.rstart and budget < self._spin_us and _cpus_free(&self.spin):
+            if (self.rend > self.rstart and budget < BULK_SPINS * self._spin_us
+                    and _cpus_free(&self.spin)):
                 # a frame is half in: its writer is busy writing the rest
-                budget = self._spin_us
+                budget = BULK_SPINS * self._spin_us
             if budget > 0:
                 with nogil:
                     slot = fm_slot_enter()
@@ -1503,7 +1509,7 @@ cdef class Connection:
             slot = fm_slot_enter()
             if slot:
                 t = _now()
-                until = t + self._spin_us * 1e-6
+                until = t + BULK_SPINS * self._spin_us * 1e-6
                 calm = t + (CALM_SPIN_S if slot == SLOT_FULL else 0.0)
                 while True:
                     if fm_ring_writable(self.tx, self.tx_tail) != 0:
@@ -2609,8 +2615,8 @@ cdef class Hub:
         if self.partial:
             # a frame is half in: its writer is busy writing the rest
             self.partial = False
-            if budget < self.spin_us and _cpus_free(&self.spin):
-                budget = self.spin_us
+            if budget < BULK_SPINS * self.spin_us and _cpus_free(&self.spin):
+                budget = BULK_SPINS * self.spin_us
         if budget > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
             if n >= 0:
