@@ -532,6 +532,11 @@ cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept n
     return _long_yield(st, before, after)
 
 
+cdef inline int _bulk_budget(int budget) noexcept nogil:
+    """The spin budget of a large message's turn through a ring."""
+    return min(BULK_SPINS * budget, MAX_SPIN_US)
+
+
 cdef inline bint _cpus_free(SpinState* st) noexcept nogil:
     """Whether long yields have lost less than LOST_MAX_S lately: if not, a
     busy process shares our CPUs and spinning stays off."""
@@ -554,9 +559,8 @@ cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
     CALM_LATE_MAX), shares its CPU with one of them, often by chance: the
     kernel wakes a thread beside its waker, and two threads that yield to
     each other are never moved apart.  Then it moves to another CPU, if it
-    may use one.  Where that does not help
-    (the kernel puts it back, or another client waits there), the moves
-    come ever more rarely."""
+    may use one.  Where that does not help (the kernel puts it back, or
+    another client waits there), the moves come ever more rarely."""
     if st.move_gap < MOVE_GAP_MIN:
         st.move_gap = MOVE_GAP_MIN
     if slot != SLOT_FULL:
@@ -1406,10 +1410,10 @@ cdef class Connection:
                 continue
             outcome = SPIN_OFF
             budget = self.spin.now
-            if (self.rend > self.rstart and budget < BULK_SPINS * self._spin_us
+            if (self.rend > self.rstart and budget < _bulk_budget(self._spin_us)
                     and _cpus_free(&self.spin)):
                 # a frame is half in: its writer is busy writing the rest
-                budget = BULK_SPINS * self._spin_us
+                budget = _bulk_budget(self._spin_us)
             if budget > 0:
                 with nogil:
                     slot = fm_slot_enter()
@@ -1509,7 +1513,7 @@ cdef class Connection:
             slot = fm_slot_enter()
             if slot:
                 t = _now()
-                until = t + BULK_SPINS * self._spin_us * 1e-6
+                until = t + _bulk_budget(self._spin_us) * 1e-6
                 calm = t + (CALM_SPIN_S if slot == SLOT_FULL else 0.0)
                 while True:
                     if fm_ring_writable(self.tx, self.tx_tail) != 0:
@@ -2615,8 +2619,8 @@ cdef class Hub:
         if self.partial:
             # a frame is half in: its writer is busy writing the rest
             self.partial = False
-            if budget < BULK_SPINS * self.spin_us and _cpus_free(&self.spin):
-                budget = BULK_SPINS * self.spin_us
+            if budget < _bulk_budget(self.spin_us) and _cpus_free(&self.spin):
+                budget = _bulk_budget(self.spin_us)
         if budget > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
             if n >= 0:
