@@ -32,10 +32,11 @@ A client whose hello ends with ``RING_HELLO`` sends, right after the
 handshake, a ``RING_OFFER`` frame carrying (SCM_RIGHTS) a zeroed memfd of
 ``Connection.ring_size()`` bytes, sealed against shrinking, growing and
 further seals; the server answers ``RING_ACCEPT`` (then maps it) or
-``RING_DECLINE`` (a pure-Python server, or a file that is not such a memfd).  After an accept, every byte that would have
-crossed the socket crosses two rings in that file instead (client to server
-first); the socket carries only wake-up bytes, and its EOF still means the
-peer is gone.  Each ring: u64 head (consumed), u64 tail (written), u32
+``RING_DECLINE`` (a pure-Python server, or a file that is not such a
+memfd).  After an accept, every byte that would have crossed the socket
+crosses two rings in that file instead (client to server first); the
+socket carries only wake-up bytes, and its EOF still means the peer is
+gone.  Each ring: u64 head (consumed), u64 tail (written), u32
 reader_waiting, u32 writer_waiting, each on its own 64-byte line, then
 ``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
 Every handshake frame is at most ``MAX_HANDSHAKE_FRAME`` bytes; a longer or

@@ -579,6 +579,15 @@ cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
         st.move_gap *= 2
 
 
+cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) noexcept nogil:
+    """Begin a spin at t: a server thread that may move (moves) first looks
+    whether to (_move_apart).  Returns when the spin starts yielding at
+    every turn."""
+    if moves:
+        _move_apart(st, slot)
+    return _calm_until(st, slot, t)
+
+
 cdef inline double _calm_until(SpinState* st, int slot, double t) noexcept nogil:
     """When a spin that begins at t starts yielding at every turn."""
     st.spins += 1
@@ -591,6 +600,13 @@ cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
     another thread (the peer, if it shares our CPU)."""
     if st.calm:
         st.late += ((1.0 if yielded else 0.0) - st.late) / 16.0
+
+
+cdef void* _realloc_or_raise(void* p, size_t n) except NULL:
+    cdef void* q = PyMem_Realloc(p, n)
+    if q == NULL:
+        raise MemoryError()
+    return q
 
 
 cdef inline double _now() noexcept nogil:
@@ -639,13 +655,9 @@ cdef class WriteBuffer:
 
     cdef int _grow(self, Py_ssize_t extra) except -1:
         cdef Py_ssize_t cap = self.capacity * 2
-        cdef unsigned char* nbuf
         while cap < self.length + extra:
             cap *= 2
-        nbuf = <unsigned char*>PyMem_Realloc(self.buf, cap)
-        if nbuf == NULL:
-            raise MemoryError()
-        self.buf = nbuf
+        self.buf = <unsigned char*>_realloc_or_raise(self.buf, cap)
         self.capacity = cap
         return 0
 
@@ -1314,11 +1326,8 @@ cdef class Connection:
         cdef ssize_t got
         cdef double t = _now()
         cdef double until = t + (self.spin.now + self.spin_extra) * 1e-6
-        cdef double calm
+        cdef double calm = _spin_start(&self.spin, slot, self.moves, t)
         cdef bint yielded = False
-        if self.moves:
-            _move_apart(&self.spin, slot)
-        calm = _calm_until(&self.spin, slot, t)
         while True:
             if g_spin_yield and t >= calm:
                 # a peer (or anyone) waiting for this CPU gets it: spinning
@@ -1349,6 +1358,11 @@ cdef class Connection:
         cdef unsigned char zero = 0
         c_send(self.fd, &zero, 1, MSG_DONTWAIT | MSG_NOSIGNAL)
 
+    cdef ssize_t _take_wakeups(self, int flags) noexcept nogil:
+        """recv() the wake-up bytes waiting on the socket (0 at EOF)."""
+        cdef unsigned char scratch[64]
+        return c_recv(self.fd, scratch, sizeof(scratch), flags)
+
     cdef Py_ssize_t _ring_read(self) except -1:
         """Move what rx holds into rbuf (room permitting); returns the
         number of bytes moved.  Precondition: rcap > rend."""
@@ -1369,19 +1383,18 @@ cdef class Connection:
         """Wait for the peer's wake-up on the socket (the caller raised
         flag, then looked at the ring once more); lower flag after.  EOF
         raises EOFError (BrokenPipeError when writing)."""
-        cdef unsigned char scratch[64]
         cdef ssize_t got
         cdef int err
         try:
             while True:
                 if deadline >= 0:
                     self._wait(POLLIN, deadline)
-                    got = c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+                    got = self._take_wakeups(MSG_DONTWAIT)
                     err = errno
                 else:
                     self._check_signals()
                     with nogil:
-                        got = c_recv(self.fd, scratch, sizeof(scratch), 0)
+                        got = self._take_wakeups(0)
                         err = errno
                 if got > 0:
                     return 0
@@ -1422,9 +1435,7 @@ cdef class Connection:
                         yielded = False
                         t = _now()
                         until = t + (budget + self.spin_extra) * 1e-6
-                        if self.moves:
-                            _move_apart(&self.spin, slot)
-                        calm = _calm_until(&self.spin, slot, t)
+                        calm = _spin_start(&self.spin, slot, self.moves, t)
                         while True:
                             if g_spin_yield and t >= calm:
                                 if _yield(&self.spin, t, &yielded):
@@ -1460,7 +1471,7 @@ cdef class Connection:
         cdef int64_t room
         cdef size_t n
         cdef double deadline = -2.0
-        cdef bint first = True
+        cdef bint first = True, wake
         while count > 0:
             if iov[0].iov_len == 0:
                 iov += 1
@@ -1471,14 +1482,14 @@ cdef class Connection:
                 return self._ring_corrupt()
             if room > 0:
                 n = iov[0].iov_len if iov[0].iov_len < <size_t>room else <size_t>room
-                if first and n > RING_FIRST_PUT and fm_flag_seen(&self.tx.reader_waiting):
-                    # a large message to a sleeping reader: wake it after
-                    # a first part, so that it reads while we write the rest
+                # a large message to a sleeping reader: wake it after a
+                # first part, so that it reads while we write the rest
+                wake = first and n > RING_FIRST_PUT and fm_flag_seen(&self.tx.reader_waiting)
+                if wake:
                     n = RING_FIRST_PUT
-                    fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
+                fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
+                if wake:
                     self._doorbell()
-                else:
-                    fm_ring_put(self.tx, &self.tx_tail, <unsigned char*>iov[0].iov_base, n)
                 first = False
                 iov[0].iov_base = <char*>iov[0].iov_base + n
                 iov[0].iov_len -= n
@@ -1535,16 +1546,12 @@ cdef class Connection:
 
     cdef int _grow_rbuf(self) except -1:
         """Make room at the end of rbuf: compact, or double it if full."""
-        cdef unsigned char* nbuf
         if self.rstart > 0:
             memmove(self.rbuf, self.rbuf + self.rstart, self.rend - self.rstart)
             self.rend -= self.rstart
             self.rstart = 0
         else:
-            nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, self.rcap * 2)
-            if nbuf == NULL:
-                raise MemoryError()
-            self.rbuf = nbuf
+            self.rbuf = <unsigned char*>_realloc_or_raise(self.rbuf, self.rcap * 2)
             self.rcap *= 2
         return 0
 
@@ -1554,7 +1561,6 @@ cdef class Connection:
         cdef ssize_t got
         cdef int err
         cdef Py_ssize_t have, space
-        cdef unsigned char* nbuf
         cdef int slot, outcome
         self._check_open()
         if self.rstart + need > self.rcap:
@@ -1564,10 +1570,7 @@ cdef class Connection:
             self.rstart = 0
             self.rend = have
             if need > self.rcap:
-                nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, need)
-                if nbuf == NULL:
-                    raise MemoryError()
-                self.rbuf = nbuf
+                self.rbuf = <unsigned char*>_realloc_or_raise(self.rbuf, need)
                 self.rcap = need
         if self.pyio:
             return self._fill_pyio(need, deadline)
@@ -1871,13 +1874,12 @@ cdef class Connection:
         """_hub_read() with rings: what rx holds.  The socket (wake-up bytes,
         or EOF) is read when rx holds nothing, or when drain says wake-ups
         may be waiting there: a syscall the common case need not pay."""
-        cdef unsigned char scratch[64]
         cdef Py_ssize_t n = self._ring_read()
         if n > 0:
             if drain:
-                c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+                self._take_wakeups(MSG_DONTWAIT)
             return n
-        return 0 if c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT) == 0 else -1
+        return 0 if self._take_wakeups(MSG_DONTWAIT) == 0 else -1
 
     cdef Py_ssize_t _hub_read(self, bint drain=True) except -2:
         """One non-blocking read, with room made for the whole frame in
@@ -1886,7 +1888,6 @@ cdef class Connection:
         cdef Py_ssize_t have = self.rend - self.rstart
         cdef Py_ssize_t need = 4096
         cdef ssize_t got
-        cdef unsigned char* nbuf
         self._check_open()
         if self._frame_state() == 0 and have >= 4:
             need = 4 + fm_get_i32be(self.rbuf + self.rstart) - have
@@ -1895,10 +1896,7 @@ cdef class Connection:
             self.rstart = 0
             self.rend = have
             if self.rcap - have < need:
-                nbuf = <unsigned char*>PyMem_Realloc(self.rbuf, have + need)
-                if nbuf == NULL:
-                    raise MemoryError()
-                self.rbuf = nbuf
+                self.rbuf = <unsigned char*>_realloc_or_raise(self.rbuf, have + need)
                 self.rcap = have + need
         if self.rx != NULL:
             return self._hub_read_ring(drain)
@@ -1988,7 +1986,6 @@ cdef class Connection:
         """poll() with rings: True when rx holds bytes or the peer closed."""
         cdef pollfd pfd
         cdef int rc, ms
-        cdef unsigned char scratch[64]
         cdef ssize_t got
         cdef double deadline = -1.0 if timeout is None else _now() + max(0.0, timeout)
         pfd.fd = self.fd
@@ -2008,7 +2005,7 @@ cdef class Connection:
                     continue
                 if rc == 0:
                     return fm_ring_readable(self.rx, self.rx_head) != 0
-                got = c_recv(self.fd, scratch, sizeof(scratch), MSG_DONTWAIT)
+                got = self._take_wakeups(MSG_DONTWAIT)
                 if got == 0:
                     return True
             finally:
@@ -2375,13 +2372,6 @@ cdef enum:
     OWN_THREAD = 2      # the connection needs a thread of its own from now on
 
 
-cdef void* _realloc_or_raise(void* p, size_t n) except NULL:
-    cdef void* q = PyMem_Realloc(p, n)
-    if q == NULL:
-        raise MemoryError()
-    return q
-
-
 @cython.final
 cdef class _Served:
     """A connection in a hub's care."""
@@ -2640,8 +2630,7 @@ cdef class Hub:
                     outcome = SPIN_MISSED
                     t = _now()
                     until = t + budget * 1e-6
-                    _move_apart(&self.spin, slot)
-                    calm = _calm_until(&self.spin, slot, t)
+                    calm = _spin_start(&self.spin, slot, True, t)
                     while True:
                         if lfd >= 0:
                             got = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)

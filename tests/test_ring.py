@@ -36,10 +36,15 @@ def wire(compiled_wire):
     return compiled_wire
 
 
-@pytest.fixture
-def memfd(wire):
+def new_memfd(wire):
     fd = os.memfd_create("fastmgr-test-ring")
     os.ftruncate(fd, wire.Connection.ring_size())
+    return fd
+
+
+@pytest.fixture
+def memfd(wire):
+    fd = new_memfd(wire)
     yield fd
     os.close(fd)
 
@@ -200,12 +205,6 @@ def rig(wire):
     r = TH.Rig(wire)
     yield r
     r.close()
-
-
-def new_memfd(wire):
-    fd = os.memfd_create("fastmgr-test-ring")
-    os.ftruncate(fd, wire.Connection.ring_size())
-    return fd
 
 
 def test_hub_serves_ring_and_socket_connections_together(wire, rig):
