@@ -35,10 +35,15 @@ further seals; the server answers ``RING_ACCEPT`` (then maps it) or
 ``RING_DECLINE`` (a pure-Python server, or a file that is not such a
 memfd).  After an accept, every byte that would have crossed the socket
 crosses two rings in that file instead (client to server first); the
-socket carries only wake-up bytes, and its EOF still means the peer is
-gone.  Each ring: u64 head (consumed), u64 tail (written), u32
-reader_waiting, u32 writer_waiting, each on its own 64-byte line, then
-``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
+socket carries wake-up bytes (0), and its EOF still means the peer is
+gone.  A message too large for a ring (``DETOUR_MIN`` bytes or more in one
+send) takes a detour: the writer announces it in the ring (where in the
+stream it belongs, and its size), then sends ``DETOUR_MARK`` and the
+message on the socket; the reader takes it there once it has read the
+ring up to that point.  Each ring: u64 head (consumed); u64 tail
+(written), u64 detour_at, u64 detour_len, u32 detour_pending; u32
+reader_waiting; u32 writer_waiting: each group on its own 64-byte line,
+then ``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
 Every handshake frame is at most ``MAX_HANDSHAKE_FRAME`` bytes; a longer or
 malformed one, a wrong digest, or a foreign magic raises
 ``multiprocessing.AuthenticationError`` on the side that sees it.
@@ -108,7 +113,7 @@ MAX_HELLO = 64
 MAX_HANDSHAKE_FRAME = 256
 WELCOME = b"#WELCOME#"
 FAILURE = b"#FAILURE#"
-RING_HELLO = b"#RING"
+RING_HELLO = b"#RING2"  # the ring layout with detours
 RING_OFFER = b"#RING-OFFER#"
 RING_ACCEPT = b"#RING-OK#"
 RING_DECLINE = b"#RING-NO#"

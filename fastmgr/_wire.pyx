@@ -80,6 +80,7 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)
     enum: MSG_DONTWAIT
     enum: MSG_NOSIGNAL
+    enum: MSG_PEEK
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -228,18 +229,61 @@ cdef extern from *:
        never make us read or write outside the data area.  A side about
        to sleep sets its *_waiting flag, then looks once more; a side that
        moves its position then looks at the other's flag and, if set,
-       writes a byte to the socket beside the ring to wake it. */
+       writes a byte to the socket beside the ring to wake it.
+
+       A message too large for the ring takes a detour through the socket:
+       the writer announces it (detour_at: the ring position where it
+       belongs in the stream, detour_len: its size, then detour_pending),
+       then sends a marker byte and the message on the socket.  The
+       reader reads the ring up to detour_at only, takes the detour from
+       the socket (after any wake-up bytes before its marker), then
+       lowers detour_pending; the writer announces no other detour until
+       then.  The fields share the tail's cache line, which the reader
+       loads anyway. */
     #define FM_RING_CAP 262144u
     typedef struct {
         uint64_t head; char pad0[56];
-        uint64_t tail; char pad1[56];
+        uint64_t tail; uint64_t detour_at; uint64_t detour_len;
+        uint32_t detour_pending; char pad1[36];
         uint32_t reader_waiting; char pad2[60];
         uint32_t writer_waiting; char pad3[60];
         unsigned char data[FM_RING_CAP];
     } fm_ring;
+    static inline int fm_detour_pending(fm_ring *r) {
+        return __atomic_load_n(&r->detour_pending, __ATOMIC_ACQUIRE) != 0;
+    }
+    /* bytes the reader may take from the ring: up to a pending detour's
+       start; -1 if the positions are impossible */
     static inline int64_t fm_ring_readable(fm_ring *r, uint64_t head) {
-        uint64_t n = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) - head;
-        return n > FM_RING_CAP ? -1 : (int64_t)n;
+        uint64_t n = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) - head, d;
+        if (n > FM_RING_CAP) return -1;
+        if (fm_detour_pending(r)) {
+            d = __atomic_load_n(&r->detour_at, __ATOMIC_RELAXED) - head;
+            if (d > FM_RING_CAP) return -1;
+            if (d < n) n = d;
+        }
+        return (int64_t)n;
+    }
+    /* whether the reader, at head, is at a pending detour's start */
+    static inline int fm_detour_here(fm_ring *r, uint64_t head) {
+        return fm_detour_pending(r) && __atomic_load_n(&r->detour_at, __ATOMIC_RELAXED) == head;
+    }
+    /* whether the reader has something to do: bytes, or a detour to take */
+    static inline int fm_rx_ready(fm_ring *r, uint64_t head) {
+        return fm_ring_readable(r, head) != 0 || fm_detour_here(r, head);
+    }
+    static inline uint64_t fm_detour_len(fm_ring *r) {
+        return __atomic_load_n(&r->detour_len, __ATOMIC_RELAXED);
+    }
+    static inline void fm_detour_announce(fm_ring *r, uint64_t at, uint64_t len) {
+        __atomic_store_n(&r->detour_at, at, __ATOMIC_RELAXED);
+        __atomic_store_n(&r->detour_len, len, __ATOMIC_RELAXED);
+        __atomic_store_n(&r->detour_pending, 1, __ATOMIC_RELEASE);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    static inline void fm_detour_done(fm_ring *r) {
+        __atomic_store_n(&r->detour_pending, 0, __ATOMIC_RELEASE);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
     }
     static inline int64_t fm_ring_writable(fm_ring *r, uint64_t tail) {
         uint64_t used = tail - __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
@@ -299,6 +343,12 @@ cdef extern from *:
         uint32_t writer_waiting
     unsigned int FM_RING_CAP
     int64_t fm_ring_readable(fm_ring* r, uint64_t head) nogil
+    bint fm_detour_pending(fm_ring* r) nogil
+    bint fm_detour_here(fm_ring* r, uint64_t head) nogil
+    bint fm_rx_ready(fm_ring* r, uint64_t head) nogil
+    uint64_t fm_detour_len(fm_ring* r) nogil
+    void fm_detour_announce(fm_ring* r, uint64_t at, uint64_t length) nogil
+    void fm_detour_done(fm_ring* r) nogil
     int64_t fm_ring_writable(fm_ring* r, uint64_t tail) nogil
     void fm_ring_take(fm_ring* r, uint64_t* head, unsigned char* dst, size_t n) nogil
     void fm_ring_put(fm_ring* r, uint64_t* tail, const unsigned char* src, size_t n) nogil
@@ -349,6 +399,13 @@ cdef enum:
     # the first part of a large message to a sleeping reader, after which
     # the reader is woken (_ring_send_iov)
     RING_FIRST_PUT = 32768
+    # a message of this many bytes or more takes the detour through the
+    # socket (see fm_ring): a ring would carry it in several turns, and
+    # each turn that finds the other side asleep costs a wake-up; the
+    # kernel's socket buffer hands it over as the floor does
+    DETOUR_MIN = 262144
+    # the byte that opens a detour on the socket (wake-up bytes are 0)
+    DETOUR_MARK = 0x5A
     # a large message's turns through a ring (a writer waiting for room,
     # a reader holding half a frame) spin this many times the budget: the
     # other side is busy copying up to a ring's worth, which takes longer
@@ -1153,6 +1210,9 @@ cdef class Connection:
     cdef fm_ring* tx                # the ring we write to, or NULL
     cdef uint64_t rx_head           # our position in rx (kept privately)
     cdef uint64_t tx_tail           # our position in tx (kept privately)
+    cdef uint64_t rx_detour_left    # bytes of an open detour (its marker read) still on the socket
+    cdef bint tx_detouring          # sending a detour: wake-up bytes wait until it is through
+    cdef bint bell_owed             # a wake-up byte held back by tx_detouring
 
     def __cinit__(self):
         self.fd = -1
@@ -1250,7 +1310,8 @@ cdef class Connection:
         self.shm = mem
         self.rx = <fm_ring*>mem + (0 if server else 1)
         self.tx = <fm_ring*>mem + (1 if server else 0)
-        self.rx_head = self.tx_tail = 0
+        self.rx_head = self.tx_tail = self.rx_detour_left = 0
+        self.tx_detouring = self.bell_owed = False
         # until a side says it is looking at its ring, the other rings for
         # every message (a needless ring costs a spurious wake-up; a missing
         # one, a hang): neither side has sent through the rings yet
@@ -1349,27 +1410,118 @@ cdef class Connection:
 
     cdef int _ring_corrupt(self) except -1:
         self.close()
-        raise ProtocolError("the shared ring's positions are impossible: "
-                            "the peer wrote over them")
+        raise ProtocolError("the shared ring's positions are impossible, or bytes came "
+                            "on the socket that no detour announced: the peer broke "
+                            "the ring protocol")
 
     cdef void _doorbell(self) noexcept nogil:
         """Wake the peer: a byte on the socket (if the socket is full of
-        them the peer has wake-ups enough; if it is gone, reading says so)."""
+        them the peer has wake-ups enough; if it is gone, reading says so).
+        Not in the middle of a detour we send: it is owed until the end."""
         cdef unsigned char zero = 0
+        if self.tx_detouring:
+            self.bell_owed = True
+            return
         c_send(self.fd, &zero, 1, MSG_DONTWAIT | MSG_NOSIGNAL)
 
     cdef ssize_t _take_wakeups(self, int flags) noexcept nogil:
-        """recv() the wake-up bytes waiting on the socket (0 at EOF)."""
+        """Wait for bytes on the socket (flags 0) or look (MSG_DONTWAIT),
+        and take the wake-up bytes among them; a detour's bytes stay for
+        _detour_in().  Returns how many bytes were there, 0 at EOF, -1
+        with errno, or -2 if the peer sent bytes no detour announced."""
         cdef unsigned char scratch[64]
-        return c_recv(self.fd, scratch, sizeof(scratch), flags)
+        cdef ssize_t got, k = 0
+        if self.rx_detour_left:
+            # the socket holds the open detour's bytes, any of them 0
+            return c_recv(self.fd, scratch, 1, flags | MSG_PEEK)
+        got = c_recv(self.fd, scratch, sizeof(scratch), flags | MSG_PEEK)
+        if got <= 0:
+            return got
+        while k < got and scratch[k] == 0:
+            k += 1
+        if k > 0:
+            c_recv(self.fd, scratch, k, MSG_DONTWAIT)
+        if k < got and not fm_detour_pending(self.rx):
+            return -2
+        return got
+
+    cdef bint _detour_here(self) noexcept nogil:
+        """Whether the stream goes on through the socket: a detour is open,
+        or rx has been read up to the start of one announced."""
+        return self.rx_detour_left > 0 or fm_detour_here(self.rx, self.rx_head)
+
+    cdef Py_ssize_t _detour_in(self, double deadline, bint block) except -1:
+        """Move a detour's bytes from the socket into rbuf (room
+        permitting): first any wake-up bytes and its marker.  Returns the
+        bytes moved; without block, 0 if none had come or at EOF (which
+        the caller's next look at the socket sees).  Precondition:
+        _detour_here(), rcap > rend."""
+        cdef unsigned char mark = 0
+        cdef unsigned char* dst
+        cdef size_t want
+        cdef ssize_t got
+        cdef int err
+        while True:
+            if self.rx_detour_left == 0:
+                dst, want = &mark, 1
+            else:
+                dst = self.rbuf + self.rend
+                want = <size_t>min(self.rx_detour_left, <uint64_t>(self.rcap - self.rend))
+            if block and deadline < 0:
+                self._check_signals()
+                with nogil:
+                    got = c_recv(self.fd, dst, want, 0)
+                    err = errno
+            else:
+                got = c_recv(self.fd, dst, want, MSG_DONTWAIT)
+                err = errno
+            if got == 0:
+                if not block:
+                    return 0
+                raise EOFError("the peer closed the connection")
+            if got < 0:
+                if fm_again(err):
+                    if not block:
+                        return 0
+                    self._wait(POLLIN, deadline)
+                elif err == EINTR:
+                    self._check_signals()
+                else:
+                    fm_set_errno(err)
+                    PyErr_SetFromErrno(OSError)
+                    return -1
+                continue
+            if self.rx_detour_left == 0:
+                if mark == 0:
+                    continue  # a wake-up byte sent before the detour
+                self.rx_detour_left = fm_detour_len(self.rx)
+                if mark != DETOUR_MARK or self.rx_detour_left == 0:
+                    self.rx_detour_left = 0
+                    return self._ring_corrupt()
+                continue
+            self._detour_took(got)
+            return got
+
+    cdef void _detour_took(self, ssize_t got) noexcept nogil:
+        """Count got bytes of the open detour, received into rbuf at rend;
+        at its end, let the writer send another."""
+        self.rend += got
+        self.rx_detour_left -= got
+        if self.rx_detour_left == 0:
+            fm_detour_done(self.rx)
+            if fm_flag_seen(&self.rx.writer_waiting):
+                self._doorbell()
 
     cdef Py_ssize_t _ring_read(self) except -1:
-        """Move what rx holds into rbuf (room permitting); returns the
-        number of bytes moved.  Precondition: rcap > rend."""
+        """Move what rx holds into rbuf (room permitting), or what came of
+        a detour; returns the number of bytes moved.  Never blocks.
+        Precondition: rcap > rend."""
         cdef int64_t n = fm_ring_readable(self.rx, self.rx_head)
         if n < 0:
             return self._ring_corrupt()
         if n == 0:
+            if self._detour_here():
+                return self._detour_in(NO_TIMEOUT, False)
             return 0
         if n > self.rcap - self.rend:
             n = self.rcap - self.rend
@@ -1402,6 +1554,8 @@ cdef class Connection:
                     if writing:
                         raise BrokenPipeError("the peer closed the connection")
                     raise EOFError("the peer closed the connection")
+                if got == -2:
+                    return self._ring_corrupt()
                 if err == EINTR:
                     self._check_signals()
                 elif not fm_again(err):
@@ -1419,6 +1573,11 @@ cdef class Connection:
         cdef double t, until, calm
         cdef bint yielded
         while self.rend - self.rstart < need:
+            if self._detour_here():
+                # the stream goes on through the socket: read it as a
+                # connection without rings would
+                self._detour_in(deadline, True)
+                continue
             if self._ring_read() > 0:
                 continue
             outcome = SPIN_OFF
@@ -1441,7 +1600,7 @@ cdef class Connection:
                                 if _yield(&self.spin, t, &yielded):
                                     outcome = SPIN_LONG_YIELD
                                     break
-                            if fm_ring_readable(self.rx, self.rx_head) != 0:
+                            if fm_rx_ready(self.rx, self.rx_head):
                                 _caught(&self.spin, yielded)
                                 outcome = SPIN_PAID
                                 break
@@ -1456,7 +1615,7 @@ cdef class Connection:
             if outcome != SPIN_OFF or self._spin_us > 0:
                 _adapt_spin(&self.spin, self._spin_us, outcome)
             fm_flag_set(&self.rx.reader_waiting, 1)
-            if fm_ring_readable(self.rx, self.rx_head) != 0:
+            if fm_rx_ready(self.rx, self.rx_head):
                 fm_flag_set(&self.rx.reader_waiting, 0)
                 continue
             t = _now()
@@ -1469,9 +1628,14 @@ cdef class Connection:
         into rbuf, so that two peers writing a lot to each other cannot
         block each other forever."""
         cdef int64_t room
-        cdef size_t n
+        cdef size_t n, total = 0
         cdef double deadline = -2.0
         cdef bint first = True, wake
+        cdef int i
+        for i in range(count):
+            total += iov[i].iov_len
+        if total >= DETOUR_MIN:
+            return self._detour_send(iov, count, total)
         while count > 0:
             if iov[0].iov_len == 0:
                 iov += 1
@@ -1511,10 +1675,46 @@ cdef class Connection:
             self._doorbell()
         return 0
 
-    cdef bint _ring_spin_for_room(self) noexcept:
-        """Spin (as a reader spins) until tx has room; whether it came.  A
-        reader that is awake frees room within microseconds, and a large
-        message crosses the ring in many such turns."""
+    cdef int _detour_send(self, iovec* iov, int count, size_t total) except -1:
+        """_ring_send_iov() for a message of DETOUR_MIN bytes or more: once
+        the peer has taken our last detour, announce this one and send it
+        through the socket.  Precondition: count <= 2 * MAX_EXTERNALS + 1."""
+        cdef iovec marked[2 * MAX_EXTERNALS + 2]
+        cdef unsigned char mark = DETOUR_MARK
+        cdef double deadline = self._deadline()
+        while fm_detour_pending(self.tx):
+            self._read_available()
+            if self._ring_spin_for_room(True):
+                continue
+            fm_flag_set(&self.tx.writer_waiting, 1)
+            if not fm_detour_pending(self.tx):
+                fm_flag_set(&self.tx.writer_waiting, 0)
+                continue
+            self._ring_sleep(&self.tx.writer_waiting, True, deadline)
+        marked[0].iov_base = &mark
+        marked[0].iov_len = 1
+        memcpy(&marked[1], iov, count * sizeof(iovec))
+        # a reader asleep on the ring is woken by the marker itself
+        fm_detour_announce(self.tx, self.tx_tail, total)
+        self.tx_detouring = True
+        try:
+            self._sock_send_iov(marked, count + 1)
+        except BaseException:
+            self.close()  # the stream is cut mid-message: it cannot go on
+            raise
+        finally:
+            self.tx_detouring = False
+            if self.bell_owed:
+                self.bell_owed = False
+                if self.fd >= 0:
+                    self._doorbell()
+        return 0
+
+    cdef bint _ring_spin_for_room(self, bint detour=False) noexcept:
+        """Spin (as a reader spins) until tx has room (with detour: until
+        the peer has taken our last detour); whether it came.  A reader
+        that is awake frees room within microseconds, and a large message
+        crosses the ring in many such turns."""
         cdef int slot
         cdef double t, until, calm
         cdef bint room = False, switched = False, long_yield = False
@@ -1527,7 +1727,8 @@ cdef class Connection:
                 until = t + _bulk_budget(self._spin_us) * 1e-6
                 calm = t + (CALM_SPIN_S if slot == SLOT_FULL else 0.0)
                 while True:
-                    if fm_ring_writable(self.tx, self.tx_tail) != 0:
+                    if (not fm_detour_pending(self.tx) if detour
+                            else fm_ring_writable(self.tx, self.tx_tail) != 0):
                         room = True
                         break
                     if t >= until:
@@ -1743,6 +1944,15 @@ cdef class Connection:
             return self._send_pyio(iov, count)
         if self.tx != NULL:
             return self._ring_send_iov(iov, count)
+        return self._sock_send_iov(iov, count)
+
+    cdef int _sock_send_iov(self, iovec* iov, int count) except -1:
+        """_send_iov() through the socket."""
+        cdef ssize_t sent
+        cdef msghdr msg
+        cdef int err
+        cdef short revents
+        cdef double deadline = -2.0
         if count == 1 and iov[0].iov_len <= <size_t>c_copy_threshold:
             # the common case: one small buffer, one non-blocking send() with
             # the GIL kept; fall through if it was partial
@@ -1774,6 +1984,8 @@ cdef class Connection:
                 revents = self._wait(POLLIN | POLLOUT, deadline)
                 if (revents & POLLIN) and not (revents & POLLOUT):
                     self._read_available()
+                    if self.rx != NULL and self._take_wakeups(MSG_DONTWAIT) == -2:
+                        return self._ring_corrupt()
             elif err == EINTR:
                 PyErr_CheckSignals()
             else:
@@ -1875,11 +2087,15 @@ cdef class Connection:
         or EOF) is read when rx holds nothing, or when drain says wake-ups
         may be waiting there: a syscall the common case need not pay."""
         cdef Py_ssize_t n = self._ring_read()
-        if n > 0:
-            if drain:
-                self._take_wakeups(MSG_DONTWAIT)
+        cdef ssize_t got
+        if n > 0 and not drain:
             return n
-        return 0 if self._take_wakeups(MSG_DONTWAIT) == 0 else -1
+        got = self._take_wakeups(MSG_DONTWAIT)
+        if got == -2:
+            return self._ring_corrupt()
+        if n > 0:
+            return n
+        return 0 if got == 0 else -1
 
     cdef Py_ssize_t _hub_read(self, bint drain=True) except -2:
         """One non-blocking read, with room made for the whole frame in
@@ -1993,7 +2209,7 @@ cdef class Connection:
         while True:
             fm_flag_set(&self.rx.reader_waiting, 1)
             try:
-                if fm_ring_readable(self.rx, self.rx_head) != 0:
+                if fm_rx_ready(self.rx, self.rx_head):
                     return True
                 ms = -1 if deadline < 0 else max(0, <int>((deadline - _now()) * 1000.0))
                 with nogil:
@@ -2004,10 +2220,12 @@ cdef class Connection:
                     PyErr_CheckSignals()
                     continue
                 if rc == 0:
-                    return fm_ring_readable(self.rx, self.rx_head) != 0
+                    return fm_rx_ready(self.rx, self.rx_head)
                 got = self._take_wakeups(MSG_DONTWAIT)
                 if got == 0:
                     return True
+                if got == -2:
+                    return self._ring_corrupt()
             finally:
                 if self.shm != NULL:
                     fm_flag_set(&self.rx.reader_waiting, 0)
@@ -2619,10 +2837,14 @@ cdef class Hub:
                 return n
         if ls is not None:
             lconn = ls.conn
-            if lconn.fd >= 0 and lconn.rcap > lconn.rend and lconn.rx == NULL:
+            if lconn.fd >= 0 and lconn.rcap > lconn.rend and (lconn.rx == NULL
+                                                             or lconn.rx_detour_left > 0):
+                # its socket: or, with rings, the open detour's rest
                 lfd = lconn.fd
                 lbuf = lconn.rbuf + lconn.rend
                 lspace = lconn.rcap - lconn.rend
+                if lconn.rx != NULL and lspace > lconn.rx_detour_left:
+                    lspace = lconn.rx_detour_left
         if budget > 0:
             with nogil:
                 slot = fm_slot_enter()
@@ -2658,7 +2880,10 @@ cdef class Hub:
                     fm_slot_leave()
         if got >= 0 or not fm_again(err):
             if got > 0:
-                lconn.rend += got
+                if lconn.rx != NULL:
+                    lconn._detour_took(got)
+                else:
+                    lconn.rend += got
             events[0].data.u64 = ls.token
             n = 1
         if n > 0:

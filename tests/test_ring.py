@@ -6,8 +6,10 @@ handshake, and against a peer that writes over the rings."""
 import fcntl
 import gc
 import mmap
+import multiprocessing
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -26,9 +28,14 @@ import test_hub as TH
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10
-# the layout of one ring (_protocol.py): head, tail, reader_waiting,
-# writer_waiting on lines of 64 bytes, then the data
+# the layout of one ring (_protocol.py): head; tail, detour_at, detour_len,
+# detour_pending; reader_waiting; writer_waiting: on lines of 64 bytes,
+# then the data
 TAIL = 64
+DETOUR_AT = TAIL + 8
+# messages this large take the detour through the socket (_wire.pyx)
+DETOUR_MIN = 256 << 10
+DETOUR_MARK = b"\x5a"
 
 
 @pytest.fixture
@@ -131,6 +138,71 @@ def test_large_messages_reach_a_sleeping_reader_whole(wire, ring_pair):
     worker.outcome()
 
 
+@pytest.mark.parametrize("spin", [None, 0], ids=["spinning", "asleep"])
+def test_large_messages_keep_their_place_in_the_stream(ring_pair, spin):
+    """Messages of DETOUR_MIN bytes or more cross the socket, the others
+    the ring, in one stream: sent back to back (a writer waits for the
+    reader to take one detour before it announces the next) while the
+    echoes come back the same way, the order kept."""
+    client, server = ring_pair
+    if spin is not None:
+        client.spin_us = server.spin_us = spin
+    rng = random.Random(8)
+    sizes = [DETOUR_MIN - 5, DETOUR_MIN - 4, 5, DETOUR_MIN, 1 << 20, 0, 3 << 20,
+             DETOUR_MIN * 2, 100, DETOUR_MIN - 4]  # a frame's header is 4 bytes
+    payloads = [rng.randbytes(n) for n in sizes]
+    worker = Worker(echo_all, server, len(payloads))
+    for payload in payloads:
+        client.send_bytes(payload)
+    assert [client.recv_bytes() for _ in payloads] == payloads
+    worker.outcome()
+
+
+def test_a_large_message_is_announced_in_the_ring_and_sent_on_the_socket(wire, ring_pair,
+                                                                          memfd):
+    """The detour as the protocol describes it, read by hand."""
+    client, server = ring_pair
+    client.send("before")
+    assert server.recv() == "before"
+    payload = os.urandom(DETOUR_MIN)
+    sender = Worker(client.send_bytes, payload)
+    raw = socket.socket(fileno=os.dup(server.fileno()))
+    raw.settimeout(WAIT)
+    try:
+        got = b""
+        while len(got) < 1 + 4 + len(payload):
+            chunk = raw.recv(1 << 20)
+            assert chunk
+            got += chunk.lstrip(b"\0") if not got else chunk  # wake-ups first
+    finally:
+        raw.close()
+    assert got == DETOUR_MARK + struct.pack("!i", len(payload)) + payload
+    sender.outcome()
+    with mmap.mmap(memfd, wire.Connection.ring_size()) as shared:
+        tail, at, length, pending = struct.unpack_from("<QQQI", shared, TAIL)
+        assert (at, length, pending) == (tail, 4 + len(payload), 1)
+        struct.pack_into("<I", shared, DETOUR_AT + 16, 0)  # taken: as the reader says so
+    client.send("after")
+    sender = Worker(client.send_bytes, payload)  # a second detour, once the first was taken
+    assert server.recv() == "after"
+    assert server.recv_bytes() == payload
+    sender.outcome()
+
+
+def test_two_sides_sending_large_messages_at_once_do_not_block_each_other(ring_pair):
+    client, server = ring_pair
+    big = os.urandom(3 << 20)
+
+    def side(conn):
+        for _ in range(4):
+            conn.send_bytes(big)
+        return [conn.recv_bytes() == big for _ in range(4)]
+
+    workers = [Worker(side, client), Worker(side, server)]
+    for w in workers:
+        assert w.outcome(timeout=WAIT) == [True] * 4
+
+
 def test_two_sides_writing_a_lot_at_once_do_not_block_each_other(ring_pair):
     client, server = ring_pair
 
@@ -192,6 +264,32 @@ def test_impossible_positions_raise_protocol_error(wire, ring_pair, memfd):
     assert server.recv() == "fine"
     with mmap.mmap(memfd, wire.Connection.ring_size()) as shared:
         struct.pack_into("<Q", shared, TAIL, 1 << 40)  # client-to-server tail
+    with pytest.raises(ProtocolError):
+        server.recv()
+    assert server.closed
+
+
+def test_bytes_no_detour_announced_raise_protocol_error(ring_pair):
+    client, server = ring_pair
+    client.send("fine")
+    assert server.recv() == "fine"
+    os.write(client.fileno(), b"\0" + DETOUR_MARK + bytes(10))
+    with pytest.raises(ProtocolError):
+        server.recv()
+    assert server.closed
+
+
+@pytest.mark.parametrize("bad", ["marker", "empty", "beyond"])
+def test_a_detour_announced_wrongly_raises_protocol_error(wire, ring_pair, memfd, bad):
+    client, server = ring_pair
+    client.send("fine")
+    assert server.recv() == "fine"
+    with mmap.mmap(memfd, wire.Connection.ring_size()) as shared:
+        tail = struct.unpack_from("<Q", shared, TAIL)[0]
+        struct.pack_into("<QQI", shared, DETOUR_AT, tail + (1 << 40 if bad == "beyond" else 0),
+                         0 if bad == "empty" else 100, 1)
+    mark = b"\x01" if bad == "marker" else DETOUR_MARK
+    os.write(client.fileno(), b"\0\0" + mark + struct.pack("!i", 96) + bytes(96))
     with pytest.raises(ProtocolError):
         server.recv()
     assert server.closed
@@ -286,6 +384,26 @@ def test_corrupt_ring_ends_only_that_connection(wire, rig):
         os.close(fd_good)
 
 
+def test_a_client_gone_mid_detour_ends_only_its_connection(wire, rig):
+    fd_gone, fd_good = new_memfd(wire), new_memfd(wire)
+    try:
+        gone, good = rig.connect(ring=fd_gone), rig.connect(ring=fd_good)
+        assert gone.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+        with mmap.mmap(fd_gone, wire.Connection.ring_size()) as shared:
+            tail = struct.unpack_from("<Q", shared, TAIL)[0]
+            struct.pack_into("<QQI", shared, DETOUR_AT, tail, 1 << 20, 1)
+        os.write(gone.fileno(), DETOUR_MARK + struct.pack("!i", (1 << 20) - 4) + bytes(5000))
+        gone.close()
+        (exc, closed), = rig.wait_ended([rig.number(gone)])
+        assert not isinstance(exc, ProtocolError), repr(exc)
+        assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
+        big = os.urandom(1 << 20)
+        assert good.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
+    finally:
+        os.close(fd_gone)
+        os.close(fd_good)
+
+
 # ---------------------------------------------------------------------------
 # end to end: the offer after the handshake
 
@@ -295,6 +413,8 @@ from fastmgr import BaseManager
 class Maths:
     def add(self, x, y):
         return x + y
+    def echo(self, x):
+        return x
 class M(BaseManager):
     pass
 M.register("Maths", Maths)
@@ -478,3 +598,35 @@ def test_connections_that_end_give_their_rings_back(serve):
         time.sleep(0.01)
     assert mapped(served.proc.pid) <= 4  # the main thread's, the anchor's, and slack
     assert mapped(os.getpid()) <= ours + 2
+
+
+def _echo_large_forever(address, ready):
+    m = manager_class()(address=address, authkey=b"ring")
+    m.connect()
+    p, big = m.Maths(), bytes(1 << 20)
+    p.echo(big)
+    ready.set()
+    while True:
+        p.echo(big)
+
+
+@needs_compiled_client
+def test_clients_killed_mid_detour_leave_the_server_whole(serve):
+    """1 MiB each way per call (detours both ways): clients SIGKILLed at
+    random points of a call; everyone else is served, whole."""
+    served = serve()
+    p = connected_proxy(served)
+    big = os.urandom(1 << 20)
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(5)
+    for i in range(6):
+        ready = ctx.Event()
+        proc = ctx.Process(target=_echo_large_forever, args=(served.address, ready), daemon=True)
+        proc.start()
+        assert ready.wait(WAIT)
+        time.sleep(rng.uniform(0, 0.05))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(WAIT)
+        assert p.echo(big) == big
+        assert p.add(i, 1) == i + 1
+    assert p._peer.tls.conn.has_ring
