@@ -1935,11 +1935,6 @@ cdef class Connection:
     cdef int _send_iov(self, iovec* iov, int count) except -1:
         """Send iov[0:count] completely, resuming after partial writes.
         Precondition: the connection is open."""
-        cdef ssize_t sent
-        cdef msghdr msg
-        cdef int err
-        cdef short revents
-        cdef double deadline = -2.0
         if self.pyio:
             return self._send_pyio(iov, count)
         if self.tx != NULL:
@@ -2209,7 +2204,7 @@ cdef class Connection:
         while True:
             fm_flag_set(&self.rx.reader_waiting, 1)
             try:
-                if fm_rx_ready(self.rx, self.rx_head):
+                if fm_rx_ready(self.rx, self.rx_head) or self.rx_detour_left:
                     return True
                 ms = -1 if deadline < 0 else max(0, <int>((deadline - _now()) * 1000.0))
                 with nogil:
