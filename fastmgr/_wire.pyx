@@ -1441,7 +1441,9 @@ cdef class Connection:
             k += 1
         if k > 0:
             c_recv(self.fd, scratch, k, MSG_DONTWAIT)
-        if k < got and not fm_detour_pending(self.rx):
+        if k < got and not (fm_detour_pending(self.rx) and fm_rx_ready(self.rx, self.rx_head)):
+            # a marker is sent only after its detour is announced, and the
+            # ring written up to where it belongs
             return -2
         return got
 
@@ -1919,18 +1921,23 @@ cdef class Connection:
     cdef int _read_available(self) except -1:
         """Read what has arrived into rbuf without blocking (growing it if
         full): used while a send waits, so that two peers that both write
-        a lot cannot block each other forever."""
+        a lot cannot block each other forever.  Returns 1 if the peer has
+        closed its side (nothing more will come), else 0."""
         cdef ssize_t got
         if self.rend == self.rcap:
             self._grow_rbuf()
         if self.rx != NULL:
-            self._ring_read()
-            return 0
+            if self._ring_read() > 0:
+                return 0
+            got = self._take_wakeups(MSG_DONTWAIT)
+            if got == -2:
+                return self._ring_corrupt()
+            return got == 0
         with nogil:
             got = c_recv(self.fd, self.rbuf + self.rend, self.rcap - self.rend, MSG_DONTWAIT)
         if got > 0:
             self.rend += got
-        return 0
+        return got == 0
 
     cdef int _send_iov(self, iovec* iov, int count) except -1:
         """Send iov[0:count] completely, resuming after partial writes.
@@ -1946,7 +1953,7 @@ cdef class Connection:
         cdef ssize_t sent
         cdef msghdr msg
         cdef int err
-        cdef short revents
+        cdef short revents, events = POLLIN | POLLOUT
         cdef double deadline = -2.0
         if count == 1 and iov[0].iov_len <= <size_t>c_copy_threshold:
             # the common case: one small buffer, one non-blocking send() with
@@ -1976,11 +1983,12 @@ cdef class Connection:
             elif fm_again(err):
                 if deadline == -2.0:
                     deadline = self._deadline()
-                revents = self._wait(POLLIN | POLLOUT, deadline)
-                if (revents & POLLIN) and not (revents & POLLOUT):
-                    self._read_available()
-                    if self.rx != NULL and self._take_wakeups(MSG_DONTWAIT) == -2:
-                        return self._ring_corrupt()
+                revents = self._wait(events, deadline)
+                if (revents & POLLIN) and not (revents & POLLOUT) and self._read_available():
+                    # the peer has shut its side: its EOF would keep POLLIN
+                    # up, so wait for room alone (a peer that still reads
+                    # makes room; the deadline holds either way)
+                    events = POLLOUT
             elif err == EINTR:
                 PyErr_CheckSignals()
             else:

@@ -279,20 +279,40 @@ def test_bytes_no_detour_announced_raise_protocol_error(ring_pair):
     assert server.closed
 
 
-@pytest.mark.parametrize("bad", ["marker", "empty", "beyond"])
+@pytest.mark.parametrize("bad", ["marker", "empty", "ahead", "beyond"])
 def test_a_detour_announced_wrongly_raises_protocol_error(wire, ring_pair, memfd, bad):
+    """A wrong marker, an empty detour, one announced past what the ring
+    holds (its marker came first), or at an impossible place."""
     client, server = ring_pair
     client.send("fine")
     assert server.recv() == "fine"
+    ahead = {"ahead": 100, "beyond": 1 << 40}.get(bad, 0)
     with mmap.mmap(memfd, wire.Connection.ring_size()) as shared:
         tail = struct.unpack_from("<Q", shared, TAIL)[0]
-        struct.pack_into("<QQI", shared, DETOUR_AT, tail + (1 << 40 if bad == "beyond" else 0),
-                         0 if bad == "empty" else 100, 1)
+        struct.pack_into("<QQI", shared, DETOUR_AT, tail + ahead, 0 if bad == "empty" else 100, 1)
     mark = b"\x01" if bad == "marker" else DETOUR_MARK
     os.write(client.fileno(), b"\0\0" + mark + struct.pack("!i", 96) + bytes(96))
     with pytest.raises(ProtocolError):
         server.recv()
     assert server.closed
+
+
+@pytest.mark.parametrize("rings", [True, False], ids=["rings", "socket"])
+def test_a_large_send_to_a_peer_that_shut_its_side_times_out(wire, memfd, rings):
+    """The peer's EOF keeps the socket readable; the send must still keep
+    its deadline (it used to loop on that readability for ever)."""
+    a, b = socket.socketpair()
+    client, server = wire.Connection(a, timeout=0.2), wire.Connection(b, timeout=WAIT)
+    try:
+        if rings:
+            client.attach_ring(memfd, False)
+            server.attach_ring(memfd, True)
+        b.shutdown(socket.SHUT_WR)
+        with pytest.raises(TimeoutError):
+            client.send_bytes(bytes(3 << 20))
+    finally:
+        client.close()
+        server.close()
 
 
 # ---------------------------------------------------------------------------
