@@ -79,7 +79,8 @@ class Connection:
     def attach_ring(self, fd: int, server: bool) -> None:
         """From now on carry bytes through the two shared-memory rings in
         fd (zeroed, ring_size() bytes; client to server first), the socket
-        kept for wake-ups and EOF.  Both sides attach before either sends;
+        kept for wake-ups, EOF and messages too large for a ring.  Both
+        sides attach before either sends;
         raises ValueError if this connection already has bytes read ahead,
         a ring, or TLS.  See _protocol.py."""
 

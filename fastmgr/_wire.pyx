@@ -1294,8 +1294,9 @@ cdef class Connection:
         """From now on, carry bytes through the two shared-memory rings in
         the file fd (ring_size() bytes, zeroed; the caller keeps fd): the
         first carries client to server, the second server to client.  The
-        socket stays, for wake-ups and to see the peer close.  Both sides
-        attach before either sends through the rings."""
+        socket stays, for wake-ups, to see the peer close, and for messages
+        too large for a ring (detours).  Both sides attach before either
+        sends through the rings."""
         cdef void* mem
         self._check_open()
         if self.shm != NULL or self.pyio:

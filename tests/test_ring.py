@@ -1,8 +1,9 @@
 """Shared-memory rings (compiled wire, unix sockets): a connection whose
-bytes cross two rings in a memfd, the socket beside them kept for wake-ups
-and for seeing the peer go.  Checked against the socket path on the same
-messages, through the hub, end to end through the negotiation after the
-handshake, and against a peer that writes over the rings."""
+bytes cross two rings in a memfd, the socket beside them kept for wake-ups,
+for seeing the peer go, and for messages too large for a ring (detours).
+Checked against the socket path on the same messages, through the hub, end
+to end through the negotiation after the handshake, and against a peer that
+writes over the rings or breaks the detours' rules."""
 import fcntl
 import gc
 import mmap
