@@ -8,6 +8,7 @@ thread of its own.  The pure-Python hub gives every connection a thread
 at once; both meet the same contract, checked here.  Every wait is
 bounded; every thread a hub starts is joined at the end of its test.
 """
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -693,8 +694,40 @@ def _task_stat(pid, tid):
 
 
 def _ran_ns(pid, tid):
-    with open("/proc/%d/task/%d/schedstat" % (pid, tid)) as f:
-        return int(f.read().split()[0])
+    """Nanoseconds tid has run (0 once it has ended)."""
+    try:
+        with open("/proc/%d/task/%d/schedstat" % (pid, tid)) as f:
+            return int(f.read().split()[0])
+    except FileNotFoundError:
+        return 0
+
+
+def _set_affinity(tid, cpus):
+    with contextlib.suppress(ProcessLookupError):  # a server thread that has ended
+        os.sched_setaffinity(tid, cpus)
+
+
+def _affinity(tid):
+    try:
+        return os.sched_getaffinity(tid)
+    except ProcessLookupError:
+        return None
+
+
+def _busy_ticks(pids):
+    """(CPU time the machine spent busy, CPU time pids spent), in jiffies."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    ours = 0
+    for pid in pids:
+        ours += sum(int(x) for x in _task_stat(pid, pid)[11:13])  # utime, stime
+    return sum(ticks) - ticks[3] - ticks[4], ours
+
+
+def _others_busy(before, pids, seconds):
+    """How many CPUs' worth other processes kept busy since before."""
+    busy, ours = _busy_ticks(pids)
+    return ((busy - before[0]) - (ours - before[1])) / os.sysconf("SC_CLK_TCK") / seconds
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
@@ -727,15 +760,15 @@ def test_server_thread_moves_off_the_cpu_of_its_client(served_by):
         server = m._process.pid
         tids = [int(t) for t in os.listdir("/proc/%d/task" % server)]
         for tid in tids + [me]:
-            os.sched_setaffinity(tid, {min(mask)})
+            _set_affinity(tid, {min(mask)})
         ran = {tid: _ran_ns(server, tid) for tid in tids}
         for _ in range(200):
             call()
         for tid in tids + [me]:
-            os.sched_setaffinity(tid, mask)
+            _set_affinity(tid, mask)
         serving = max(tids, key=lambda tid: _ran_ns(server, tid) - ran[tid])
         assert _task_stat(server, serving)[36] == _task_stat(me, me)[36]
-        seen = []
+        seen, busy, began = [], _busy_ticks([server, me]), time.monotonic()
         for _ in range(8):  # it moves within a few hundred calls
             start = time.monotonic()
             for _ in range(500):
@@ -745,9 +778,15 @@ def test_server_thread_moves_off_the_cpu_of_its_client(served_by):
             if seen[-1][0] != seen[-1][1]:
                 break
         else:
+            others = _others_busy(busy, [server, me], time.monotonic() - began)
+            if others > 0.3:
+                # another process keeps a CPU busy: there is no idle CPU to
+                # move to, and spinning beside it stops (as designed)
+                pytest.skip("other processes kept %.1f CPUs busy" % others)
             pytest.fail("the server's thread stayed on its client's CPU for 4,000 calls "
-                        "(its CPU, ours, us per call after each 500: %s)" % seen)
-        assert all(os.sched_getaffinity(tid) == mask for tid in tids)
+                        "(its CPU, ours, us per call after each 500: %s; other processes "
+                        "kept %.1f CPUs busy)" % (seen, others))
+        assert all(_affinity(tid) in (mask, None) for tid in tids)
     finally:
         os.sched_setaffinity(me, mask)
         m.shutdown()
