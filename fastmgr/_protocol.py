@@ -36,11 +36,12 @@ further seals; the server answers ``RING_ACCEPT`` (then maps it) or
 memfd).  After an accept, every byte that would have crossed the socket
 crosses two rings in that file instead (client to server first); the
 socket carries wake-up bytes (0), and its EOF still means the peer is
-gone.  A message too large for a ring (``DETOUR_MIN`` bytes or more in one
-send) takes a detour: the writer announces it in the ring (where in the
-stream it belongs, and its size), then sends ``DETOUR_MARK`` and the
-message on the socket; the reader takes it there once it has read the
-ring up to that point.  Each ring: u64 head (consumed); u64 tail
+gone.  A message too large for a ring (256 KiB or more in one send,
+``DETOUR_MIN`` in ``_wire.pyx``) takes a detour: the writer announces it in
+the ring (where in the stream it belongs, and its size), then sends the
+byte 0x5A and the message on the socket; the reader takes it there once
+it has read the ring up to that point, then lowers the announcement, and
+only then may the writer announce another.  Each ring: u64 head (consumed); u64 tail
 (written), u64 detour_at, u64 detour_len, u32 detour_pending; u32
 reader_waiting; u32 writer_waiting: each group on its own 64-byte line,
 then ``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
