@@ -600,6 +600,15 @@ cdef inline bint _cpus_free(SpinState* st) noexcept nogil:
     return st.lost * exp((st.lost_at - _now()) / LOST_TAU_S) <= LOST_MAX_S
 
 
+cdef inline int _half_frame_budget(SpinState* st, int budget) noexcept nogil:
+    """The spin budget of a wait for the rest of a frame that is half in:
+    its writer is busy writing it, so at least _bulk_budget(budget),
+    however low the adapted budget fell, unless the CPUs are busy."""
+    if st.now < _bulk_budget(budget) and _cpus_free(st):
+        return _bulk_budget(budget)
+    return st.now
+
+
 cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double woke) noexcept nogil:
     """A blocking wait from asleep to woke, with spinning off: if it ended
     within the budget, spinning would have caught the message, so spin
@@ -664,6 +673,13 @@ cdef void* _realloc_or_raise(void* p, size_t n) except NULL:
     if q == NULL:
         raise MemoryError()
     return q
+
+
+cdef int _os_error(int err) except -1:
+    """Raise the OSError (subclass) of errno value err."""
+    fm_set_errno(err)
+    PyErr_SetFromErrno(OSError)
+    return -1
 
 
 cdef inline double _now() noexcept nogil:
@@ -1490,9 +1506,7 @@ cdef class Connection:
                 elif err == EINTR:
                     self._check_signals()
                 else:
-                    fm_set_errno(err)
-                    PyErr_SetFromErrno(OSError)
-                    return -1
+                    return _os_error(err)
                 continue
             if self.rx_detour_left == 0:
                 if mark == 0:
@@ -1562,9 +1576,7 @@ cdef class Connection:
                 if err == EINTR:
                     self._check_signals()
                 elif not fm_again(err):
-                    fm_set_errno(err)
-                    PyErr_SetFromErrno(OSError)
-                    return -1
+                    return _os_error(err)
         finally:
             if self.shm != NULL:  # not unmapped by a close on the way out
                 fm_flag_set(flag, 0)
@@ -1585,10 +1597,8 @@ cdef class Connection:
                 continue
             outcome = SPIN_OFF
             budget = self.spin.now
-            if (self.rend > self.rstart and budget < _bulk_budget(self._spin_us)
-                    and _cpus_free(&self.spin)):
-                # a frame is half in: its writer is busy writing the rest
-                budget = _bulk_budget(self._spin_us)
+            if self.rend > self.rstart:
+                budget = _half_frame_budget(&self.spin, self._spin_us)
             if budget > 0:
                 with nogil:
                     slot = fm_slot_enter()
@@ -1627,9 +1637,8 @@ cdef class Connection:
         return 0
 
     cdef int _ring_send_iov(self, iovec* iov, int count) except -1:
-        """_send_iov() through tx.  While tx is full, what rx holds is read
-        into rbuf, so that two peers writing a lot to each other cannot
-        block each other forever."""
+        """_send_iov() through tx (a message of DETOUR_MIN bytes or more:
+        through the socket, _detour_send)."""
         cdef int64_t room
         cdef size_t n, total = 0
         cdef double deadline = -2.0
@@ -1661,19 +1670,12 @@ cdef class Connection:
                 iov[0].iov_base = <char*>iov[0].iov_base + n
                 iov[0].iov_len -= n
                 continue
-            # full: wake the reader, take in what it sent us, wait for room
+            # full: wake the reader, and wait for room
             if fm_flag_seen(&self.tx.reader_waiting):
                 self._doorbell()
-            self._read_available()
             if deadline == -2.0:
                 deadline = self._deadline()
-            if self._ring_spin_for_room():
-                continue
-            fm_flag_set(&self.tx.writer_waiting, 1)
-            if fm_ring_writable(self.tx, self.tx_tail) != 0:
-                fm_flag_set(&self.tx.writer_waiting, 0)
-                continue
-            self._ring_sleep(&self.tx.writer_waiting, True, deadline)
+            self._wait_for_tx(False, deadline)
         if fm_flag_seen(&self.tx.reader_waiting):
             self._doorbell()
         return 0
@@ -1686,14 +1688,7 @@ cdef class Connection:
         cdef unsigned char mark = DETOUR_MARK
         cdef double deadline = self._deadline()
         while fm_detour_pending(self.tx):
-            self._read_available()
-            if self._ring_spin_for_room(True):
-                continue
-            fm_flag_set(&self.tx.writer_waiting, 1)
-            if not fm_detour_pending(self.tx):
-                fm_flag_set(&self.tx.writer_waiting, 0)
-                continue
-            self._ring_sleep(&self.tx.writer_waiting, True, deadline)
+            self._wait_for_tx(True, deadline)
         marked[0].iov_base = &mark
         marked[0].iov_len = 1
         memcpy(&marked[1], iov, count * sizeof(iovec))
@@ -1713,11 +1708,31 @@ cdef class Connection:
                     self._doorbell()
         return 0
 
-    cdef bint _ring_spin_for_room(self, bint detour=False) noexcept:
-        """Spin (as a reader spins) until tx has room (with detour: until
-        the peer has taken our last detour); whether it came.  A reader
-        that is awake frees room within microseconds, and a large message
-        crosses the ring in many such turns."""
+    cdef inline bint _tx_free(self, bint detour) noexcept nogil:
+        """Whether tx has room (with detour: whether the peer has taken
+        our last detour)."""
+        if detour:
+            return not fm_detour_pending(self.tx)
+        return fm_ring_writable(self.tx, self.tx_tail) != 0
+
+    cdef int _wait_for_tx(self, bint detour, double deadline) except -1:
+        """Wait once for _tx_free(detour): take in what the peer sent us
+        (so that two peers writing a lot to each other cannot block each
+        other forever), spin, then sleep until the peer rings.  The caller
+        looks again."""
+        self._read_available()
+        if self._ring_spin_for_room(detour):
+            return 0
+        fm_flag_set(&self.tx.writer_waiting, 1)
+        if self._tx_free(detour):
+            fm_flag_set(&self.tx.writer_waiting, 0)
+            return 0
+        return self._ring_sleep(&self.tx.writer_waiting, True, deadline)
+
+    cdef bint _ring_spin_for_room(self, bint detour) noexcept:
+        """Spin (as a reader spins) until _tx_free(detour); whether it
+        came.  A reader that is awake frees room within microseconds, and
+        a message that fills the ring crosses it in many such turns."""
         cdef int slot
         cdef double t, until, calm
         cdef bint room = False, switched = False, long_yield = False
@@ -1730,8 +1745,7 @@ cdef class Connection:
                 until = t + _bulk_budget(self._spin_us) * 1e-6
                 calm = t + (CALM_SPIN_S if slot == SLOT_FULL else 0.0)
                 while True:
-                    if (not fm_detour_pending(self.tx) if detour
-                            else fm_ring_writable(self.tx, self.tx_tail) != 0):
+                    if self._tx_free(detour):
                         room = True
                         break
                     if t >= until:
@@ -1827,9 +1841,7 @@ cdef class Connection:
             elif err == EINTR:
                 self._check_signals()
             else:
-                fm_set_errno(err)
-                PyErr_SetFromErrno(OSError)
-                return -1
+                return _os_error(err)
         return 0
 
     cdef int _pyio_timeout(self, double deadline) except -1:
@@ -1993,9 +2005,7 @@ cdef class Connection:
             elif err == EINTR:
                 PyErr_CheckSignals()
             else:
-                fm_set_errno(err)
-                PyErr_SetFromErrno(OSError)
-                return -1
+                return _os_error(err)
         return 0
 
     cdef int _send_buffer(self) except -1:
@@ -2829,10 +2839,8 @@ cdef class Hub:
         cdef _Served ls = self.last
         cdef int budget = self.spin.now
         if self.partial:
-            # a frame is half in: its writer is busy writing the rest
             self.partial = False
-            if budget < _bulk_budget(self.spin_us) and _cpus_free(&self.spin):
-                budget = _bulk_budget(self.spin_us)
+            budget = _half_frame_budget(&self.spin, self.spin_us)
         if budget > 0 and fm_slot_max > 0:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, 0)
             if n >= 0:

@@ -799,15 +799,16 @@ def _put_later(q):
 
 def test_everything_on_one_cpu():
     """Server and client pinned to one CPU, where a wait spins only by
-    yielding the CPU: calls, a 1 MiB argument through the ring, and a
-    blocking get that another process's put ends, all come through."""
+    yielding the CPU: calls, a 1 MiB argument (a detour through the
+    socket), and a blocking get that another process's put ends, all come
+    through."""
     m = fastmgr.SyncManager()
     m.start()
     mask = os.sched_getaffinity(0)
     server = m._process.pid
     pinned = [int(t) for t in os.listdir("/proc/%d/task" % server)] + [os.getpid()]
     for tid in pinned:
-        os.sched_setaffinity(tid, {min(mask)})
+        _set_affinity(tid, {min(mask)})
     try:
         d, q = m.dict(), m.Queue()
         for i in range(2000):
@@ -822,10 +823,7 @@ def test_everything_on_one_cpu():
         finish(child)
     finally:
         for tid in pinned:
-            try:
-                os.sched_setaffinity(tid, mask)
-            except ProcessLookupError:
-                pass
+            _set_affinity(tid, mask)
         m.shutdown()
 
 

@@ -320,109 +320,104 @@ def test_a_large_send_to_a_peer_that_shut_its_side_times_out(wire, memfd, rings)
 # through the hub
 
 @pytest.fixture
+def memfd_of_test(wire):
+    """memfd_of_test(): a new ring file, closed at the end of the test."""
+    fds = []
+
+    def make():
+        fds.append(new_memfd(wire))
+        return fds[-1]
+
+    yield make
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.fixture
 def rig(wire):
     r = TH.Rig(wire)
     yield r
     r.close()
 
 
-def test_hub_serves_ring_and_socket_connections_together(wire, rig):
-    fds = [new_memfd(wire) for _ in range(12)]
-    try:
-        clients = [rig.connect(ring=fd) for fd in fds] + [rig.connect() for _ in range(12)]
+def test_hub_serves_ring_and_socket_connections_together(rig, memfd_of_test):
+    fds = [memfd_of_test() for _ in range(12)]
+    clients = [rig.connect(ring=fd) for fd in fds] + [rig.connect() for _ in range(12)]
 
-        def calls(c, k):
-            for i in range(300):
-                assert c.call(TH.BOX, "echo", ((k, i),)) == (P.RESP_RETURN, (k, i))
+    def calls(c, k):
+        for i in range(300):
+            assert c.call(TH.BOX, "echo", ((k, i),)) == (P.RESP_RETURN, (k, i))
 
-        workers = [Worker(calls, c, k) for k, c in enumerate(clients)]
-        for w in workers:
-            w.outcome(timeout=WAIT * 3)
-        # pipelined: many requests in one go, replies in order
-        c = clients[0]
-        for i in range(2000):
-            c.send_request(P.REQ_CALL, TH.BOX, "echo", (i,))
-        assert [c.recv_response()[1] for _ in range(2000)] == list(range(2000))
-        # a large argument and reply through the ring
-        big = os.urandom(1 << 20)
-        assert c.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    workers = [Worker(calls, c, k) for k, c in enumerate(clients)]
+    for w in workers:
+        w.outcome(timeout=WAIT * 3)
+    # pipelined: many requests in one go, replies in order
+    c = clients[0]
+    for i in range(2000):
+        c.send_request(P.REQ_CALL, TH.BOX, "echo", (i,))
+    assert [c.recv_response()[1] for _ in range(2000)] == list(range(2000))
+    # a large argument and reply (detours through the socket)
+    big = os.urandom(1 << 20)
+    assert c.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
 
 
-def test_hub_hands_a_ring_connection_to_its_own_thread(wire, rig):
-    fd = new_memfd(wire)
-    try:
-        c = rig.connect(ring=fd)
-        assert c.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
-        # a thread-bound object: the connection leaves the loop thread
-        assert c.call(TH.BOUND, "echo", (2,)) == (P.RESP_RETURN, 2)
-        assert rig.stat("handovers") == 1
-        for i in range(200):
-            assert c.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
-    finally:
-        os.close(fd)
+def test_hub_hands_a_ring_connection_to_its_own_thread(rig, memfd_of_test):
+    fd = memfd_of_test()
+    c = rig.connect(ring=fd)
+    assert c.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    # a thread-bound object: the connection leaves the loop thread
+    assert c.call(TH.BOUND, "echo", (2,)) == (P.RESP_RETURN, 2)
+    assert rig.stat("handovers") == 1
+    for i in range(200):
+        assert c.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
 
 
-def test_a_ring_peer_that_does_not_read_stalls_no_one(wire, rig):
+def test_a_ring_peer_that_does_not_read_stalls_no_one(rig, memfd_of_test):
     """As over sockets: the loop thread blocked on A's full ring is
     replaced, and B (a ring too) is served all the same."""
-    fd_a, fd_b = new_memfd(wire), new_memfd(wire)
+    fd_a, fd_b = memfd_of_test(), memfd_of_test()
+    a, b = rig.connect(ring=fd_a), rig.connect(ring=fd_b)
+    for _ in range(8):
+        a.send_request(P.REQ_CALL, TH.BOX, "blob", (1 << 20,))
+    for i in range(50):
+        assert b.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+    TH.wait_for(lambda: rig.stat("replacements") >= 1)
+    assert a.recv_response() == (P.RESP_RETURN, bytes(1 << 20))  # nothing lost
+    a.close()
+    (exc, closed), = rig.wait_ended([rig.number(a)])
+    assert isinstance(exc, OSError) and not isinstance(exc, ProtocolError), repr(exc)
+    assert b.call(TH.BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
+
+
+def test_corrupt_ring_ends_only_that_connection(wire, rig, memfd_of_test):
+    fd_bad, fd_good = memfd_of_test(), memfd_of_test()
+    bad, good = rig.connect(ring=fd_bad), rig.connect(ring=fd_good)
+    assert bad.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    with mmap.mmap(fd_bad, wire.Connection.ring_size()) as shared:
+        struct.pack_into("<Q", shared, TAIL, 1 << 40)
     try:
-        a, b = rig.connect(ring=fd_a), rig.connect(ring=fd_b)
-        for _ in range(8):
-            a.send_request(P.REQ_CALL, TH.BOX, "blob", (1 << 20,))
-        for i in range(50):
-            assert b.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
-        TH.wait_for(lambda: rig.stat("replacements") >= 1)
-        assert a.recv_response() == (P.RESP_RETURN, bytes(1 << 20))  # nothing lost
-        a.close()
-        (exc, closed), = rig.wait_ended([rig.number(a)])
-        assert isinstance(exc, OSError) and not isinstance(exc, ProtocolError), repr(exc)
-        assert b.call(TH.BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
-    finally:
-        os.close(fd_a)
-        os.close(fd_b)
+        os.write(bad.fileno(), b"\0")  # a wake-up, in case the loop sleeps
+    except BrokenPipeError:
+        pass  # it was awake, saw the ring, and closed already
+    (exc, closed), = rig.wait_ended([rig.number(bad)])
+    assert isinstance(exc, ProtocolError), repr(exc)
+    assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
 
 
-def test_corrupt_ring_ends_only_that_connection(wire, rig):
-    fd_bad, fd_good = new_memfd(wire), new_memfd(wire)
-    try:
-        bad, good = rig.connect(ring=fd_bad), rig.connect(ring=fd_good)
-        assert bad.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
-        with mmap.mmap(fd_bad, wire.Connection.ring_size()) as shared:
-            struct.pack_into("<Q", shared, TAIL, 1 << 40)
-        try:
-            os.write(bad.fileno(), b"\0")  # a wake-up, in case the loop sleeps
-        except BrokenPipeError:
-            pass  # it was awake, saw the ring, and closed already
-        (exc, closed), = rig.wait_ended([rig.number(bad)])
-        assert isinstance(exc, ProtocolError), repr(exc)
-        assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
-    finally:
-        os.close(fd_bad)
-        os.close(fd_good)
-
-
-def test_a_client_gone_mid_detour_ends_only_its_connection(wire, rig):
-    fd_gone, fd_good = new_memfd(wire), new_memfd(wire)
-    try:
-        gone, good = rig.connect(ring=fd_gone), rig.connect(ring=fd_good)
-        assert gone.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
-        with mmap.mmap(fd_gone, wire.Connection.ring_size()) as shared:
-            tail = struct.unpack_from("<Q", shared, TAIL)[0]
-            struct.pack_into("<QQI", shared, DETOUR_AT, tail, 1 << 20, 1)
-        os.write(gone.fileno(), DETOUR_MARK + struct.pack("!i", (1 << 20) - 4) + bytes(5000))
-        gone.close()
-        (exc, closed), = rig.wait_ended([rig.number(gone)])
-        assert not isinstance(exc, ProtocolError), repr(exc)
-        assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
-        big = os.urandom(1 << 20)
-        assert good.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
-    finally:
-        os.close(fd_gone)
-        os.close(fd_good)
+def test_a_client_gone_mid_detour_ends_only_its_connection(wire, rig, memfd_of_test):
+    fd_gone, fd_good = memfd_of_test(), memfd_of_test()
+    gone, good = rig.connect(ring=fd_gone), rig.connect(ring=fd_good)
+    assert gone.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    with mmap.mmap(fd_gone, wire.Connection.ring_size()) as shared:
+        tail = struct.unpack_from("<Q", shared, TAIL)[0]
+        struct.pack_into("<QQI", shared, DETOUR_AT, tail, 1 << 20, 1)
+    os.write(gone.fileno(), DETOUR_MARK + struct.pack("!i", (1 << 20) - 4) + bytes(5000))
+    gone.close()
+    (exc, closed), = rig.wait_ended([rig.number(gone)])
+    assert not isinstance(exc, ProtocolError), repr(exc)
+    assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
+    big = os.urandom(1 << 20)
+    assert good.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
 
 
 # ---------------------------------------------------------------------------
