@@ -84,6 +84,7 @@ cdef extern from "<sys/socket.h>" nogil:
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+    int sched_getcpu()
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -214,6 +215,24 @@ cdef extern from *:
         sched_setaffinity(0, sizeof mask, &mask);
         return 1;
     }
+    /* After the slots, a counter per CPU (by CPU number modulo FM_CPUS, a
+       cache line apart) of the messages our spinners caught there: a
+       yield that kept the CPU from us for long gave it to our own peers
+       if that count grew meanwhile, and to a busy process of somebody
+       else's if it did not.  Without the mapping, the counters are the
+       process's own. */
+    #define FM_CPUS 64
+    static uint64_t fm_own_counts[FM_CPUS * 8];
+    static uint64_t *fm_counts = fm_own_counts;
+    static inline uint64_t *fm_cpu_count(int cpu) {
+        return &fm_counts[(cpu < 0 ? 0 : cpu % FM_CPUS) * 8];
+    }
+    static inline uint64_t fm_count_read(uint64_t *count) {
+        return __atomic_load_n(count, __ATOMIC_RELAXED);
+    }
+    static inline void fm_count_catch(void) {
+        __atomic_add_fetch(fm_cpu_count(sched_getcpu()), 1, __ATOMIC_RELAXED);
+    }
     static inline void fm_slot_leave(void) {
         int64_t v = fm_slot_stamp;
         if (fm_slots == NULL) { fm_spin_leave(); return; }
@@ -337,6 +356,11 @@ cdef extern from *:
     int fm_slot_enter() nogil
     void fm_slot_leave() nogil
     int fm_move_off_cpu() nogil
+    enum: FM_CPUS
+    uint64_t* fm_counts
+    uint64_t* fm_cpu_count(int cpu) nogil
+    uint64_t fm_count_read(uint64_t* count) nogil
+    void fm_count_catch() nogil
     bint fm_again(int e) nogil
     ctypedef struct fm_ring:
         uint32_t reader_waiting
@@ -389,12 +413,12 @@ cdef enum:
     SPIN_MISSED = 2
     SPIN_LONG_YIELD = 3
     # fm_slot_enter(): a slot taken while fewer others spin than there are
-    # CPUs, whose spinner yields only after CALM_SPIN_S, or one taken while
-    # as many or more spin, whose spinner yields at every turn
+    # CPUs (a CPU may be free to move to, see _move_apart), or one taken
+    # while as many or more spin
     SLOT_FULL = 1
-    SLOT_POLITE = 2
-    # slots per CPU: a polite spinner's turn costs about 1 µs, so this many
-    # go round well within a spin budget
+    SLOT_CROWDED = 2
+    # slots per CPU: a yielding spinner's turn costs about 1 µs, so this
+    # many go round well within a spin budget
     SLOTS_PER_CPU = 8
     # the first part of a large message to a sleeping reader, after which
     # the reader is woken (_ring_send_iov)
@@ -443,13 +467,21 @@ cdef double MOVE_SETTLED = 0.5
 cdef unsigned int MOVE_GAP_MIN = 64
 cdef unsigned int MOVE_GAP_MAX = 65536
 # A yield that kept the CPU from us this long means a busy thread took it
-# for a whole time slice: the spin stops there.  That happens now and then
-# anyway, but where a busy process shares our CPUs it happens often, and a
-# spinner (which the scheduler does not hurry back, as it does a woken
-# sleeper) loses more time than blocking would: when the time lost in long
-# yields, decaying with LOST_TAU_S, passes LOST_MAX_S, spinning stops for
-# PROBE_MAX blocking waits.
+# for a whole time slice.  When that thread was one of ours (a client
+# making call after call while the others wait their turn, as 8 clients on
+# 2 CPUs do), the CPU did our work: the spin goes on.  When it was
+# somebody else's (too few catches on the CPU meanwhile, see OURS_RATE),
+# the spin stops there.  That happens now and then anyway, but where a busy
+# process shares our CPUs it happens often, and a spinner (which the
+# scheduler does not hurry back, as it does a woken sleeper) loses more
+# time than blocking would: when the time lost in long yields, decaying
+# with LOST_TAU_S, passes LOST_MAX_S, spinning stops for PROBE_MAX blocking
+# waits.
 cdef double LONG_YIELD_S = 1e-3
+# catches a second on a CPU that say our own spinners had it; one of ours
+# making calls back to back catches a reply every few µs, a busy process
+# of somebody else's lets through a few in a time slice
+cdef double OURS_RATE = 1e4
 # a yield that takes this long ran another thread: one that does not, a
 # system call, takes well under it
 cdef double SWITCHED_S = 2e-6
@@ -481,11 +513,12 @@ cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_U
 
 
 cdef void _refresh_max_spinners() noexcept:
-    """As many spinners as CPUs on the whole machine (counted in the shared
-    slots) spin freely, and up to SLOTS_PER_CPU times as many more yield
-    the CPU at every turn.  A process that may use a single CPU has no free
-    spinners: there the peer runs only when we yield, and a yield that
-    hands it the CPU costs less than waking it from sleep."""
+    """Up to SLOTS_PER_CPU spinners per CPU on the whole machine (counted
+    in the shared slots) may spin; beyond as many as there are CPUs, they
+    are crowded (SLOT_CROWDED).  A process that may use a single CPU
+    counts as having none (fm_max_spinners 0): there the peer runs only
+    when we yield, so its spins yield at once (_calm_until), and a yield
+    that hands the peer the CPU costs less than waking it from sleep."""
     global fm_max_spinners, fm_slot_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
@@ -496,20 +529,23 @@ cdef void _refresh_max_spinners() noexcept:
 
 
 cdef void _map_slots() noexcept:
-    """Map the machine-wide spinner slots; without them (no /dev/shm, say)
-    client spinners are counted per process."""
-    global fm_slots
+    """Map the machine-wide spinner slots and catch counters; without them
+    (no /dev/shm, say) client spinners and catches are counted per
+    process."""
+    global fm_slots, fm_counts
     cdef void* mem
+    cdef size_t size = MAX_SLOTS * 8 + FM_CPUS * 64
     try:
         fd = _os.open("/dev/shm/fastmgr-spin-%d" % _os.getuid(), _os.O_RDWR | _os.O_CREAT, 0o600)
     except Exception:
         return
     try:
-        if _os.fstat(fd).st_size < MAX_SLOTS * 8:
-            _os.ftruncate(fd, MAX_SLOTS * 8)
-        mem = mmap(NULL, MAX_SLOTS * 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if _os.fstat(fd).st_size < size:
+            _os.ftruncate(fd, size)
+        mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if mem != MAP_FAILED:
             fm_slots = <int64_t*>mem
+            fm_counts = <uint64_t*>(<char*>mem + MAX_SLOTS * 8)
     except Exception:
         pass
     finally:
@@ -568,9 +604,12 @@ cdef void _adapt_spin(SpinState* st, int budget, int outcome) noexcept:
             st.now = budget
 
 
-cdef inline bint _long_yield(SpinState* st, double before, double after) noexcept nogil:
-    """Whether a yield from before to after was long; if so, count it."""
-    if after - before < LONG_YIELD_S:
+cdef inline bint _long_yield(SpinState* st, double before, double after, uint64_t ours) noexcept nogil:
+    """Whether a yield from before to after lost us the CPU to somebody
+    else's busy process: it was long, and our own spinners caught fewer
+    than OURS_RATE messages a second (ours in all) on our CPU meanwhile.
+    If so, count it."""
+    if after - before < LONG_YIELD_S or ours >= (after - before) * OURS_RATE:
         return False
     st.lost = st.lost * exp((st.lost_at - after) / LOST_TAU_S) + (after - before)
     st.lost_at = after
@@ -579,14 +618,16 @@ cdef inline bint _long_yield(SpinState* st, double before, double after) noexcep
 
 cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept nogil:
     """A spinner's yield, from before: sets switched if another thread ran
-    meanwhile (the yield took SWITCHED_S or more); whether it was long
-    (_long_yield)."""
+    meanwhile (the yield took SWITCHED_S or more); whether it lost us the
+    CPU (_long_yield)."""
     cdef double after
+    cdef uint64_t* count = fm_cpu_count(sched_getcpu())
+    cdef uint64_t seen = fm_count_read(count)
     sched_yield()
     after = _now()
     if after - before >= SWITCHED_S:
         switched[0] = True
-    return _long_yield(st, before, after)
+    return _long_yield(st, before, after, fm_count_read(count) - seen)
 
 
 cdef inline int _bulk_budget(int budget) noexcept nogil:
@@ -651,19 +692,25 @@ cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) no
     every turn."""
     if moves:
         _move_apart(st, slot)
-    return _calm_until(st, slot, t)
+    return _calm_until(st, t)
 
 
-cdef inline double _calm_until(SpinState* st, int slot, double t) noexcept nogil:
-    """When a spin that begins at t starts yielding at every turn."""
+cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
+    """When a spin that begins at t starts yielding at every turn.  Every
+    spinner begins calm, crowded or not, as long as that pays: more
+    spinners than CPUs then take turns by time slices, a client making
+    call after call while the others wait, rather than by a switch per
+    call (8 clients on 2 CPUs: about 650k calls/s calm, 450k yielding at
+    once)."""
     st.spins += 1
-    st.calm = slot == SLOT_FULL and (st.late < CALM_LATE_MAX or st.spins % CALM_PROBE == 0)
+    st.calm = fm_max_spinners > 0 and (st.late < CALM_LATE_MAX or st.spins % CALM_PROBE == 0)
     return t + CALM_SPIN_S if st.calm else t
 
 
 cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
     """A spin caught its message; yielded: only after a yield that ran
     another thread (the peer, if it shares our CPU)."""
+    fm_count_catch()
     if st.calm:
         st.late += ((1.0 if yielded else 0.0) - st.late) / 16.0
 
