@@ -9,8 +9,11 @@ Besides per-op times there are three other kinds of row:
 
 - ``throughput, N clients``: N forked client processes, each connected to
   the one manager, call a method in a loop for a fixed window; the figure is
-  the total calls/s, median of three windows alternating between the
-  implementations (speedup = fastmgr / stdlib);
+  the total calls/s, median of three windows (speedup = fastmgr / stdlib).
+  The rows for every client count are measured together: each window runs
+  every count with each implementation in turn (in reverse order every
+  other window), so that 8 clients compare with 2 as fastmgr compares with
+  the stdlib, in the same stretch of time;
 - ``..., 1 CPU``: the op with the benchmark process and the manager's server
   process (every thread of both) pinned to one CPU;
 - ``socket floor, 1 MiB``: a bare ping-pong between two processes over a
@@ -396,31 +399,37 @@ def _measure_time_op(op, rounds, scale):
             m.shutdown()
 
 
-def _measure_clients(op, rounds, scale, windows=3):
-    """Median calls/s over `windows` alternating windows per implementation,
-    both managers and all clients up throughout."""
+def measure_clients(ops, scale=1.0, windows=3):
+    """{op name: {impl: calls/s}} for "clients" ops measured together: the
+    median over `windows` windows, each of which runs every op with each
+    implementation in turn (reversed every other window); all managers
+    and clients are up throughout."""
     seconds = max(0.1, 0.6 * scale)
-    managers, clients = {}, {}
-    samples = {impl: [] for impl in IMPLEMENTATIONS}
+    turns = [(op, impl) for op in ops for impl in IMPLEMENTATIONS]
+    managers, clients = [], {}
+    samples = {turn: [] for turn in turns}
     try:
-        for impl in IMPLEMENTATIONS:
-            managers[impl] = start_manager(impl, op.address)
-            clients[impl] = Clients(impl, managers[impl], op.n)
-        for _ in range(windows):
-            for impl in IMPLEMENTATIONS:
-                samples[impl].append(clients[impl].run(seconds=seconds))
+        for op, impl in turns:
+            managers.append(start_manager(impl, op.address))
+            clients[op, impl] = Clients(impl, managers[-1], op.n)
+        for window in range(windows):
+            for turn in (turns if window % 2 == 0 else turns[::-1]):
+                samples[turn].append(clients[turn].run(seconds=seconds))
     finally:
-        for impl in clients:
-            clients[impl].close()
-        for impl in managers:
-            managers[impl].shutdown()
-    return {impl: statistics.median(s) for impl, s in samples.items()}
+        for gang in clients.values():
+            gang.close()
+        for manager in managers:
+            manager.shutdown()
+    results = {op.name: {} for op in ops}
+    for (op, impl), values in samples.items():
+        results[op.name][impl] = statistics.median(values)
+    return results
 
 
 def measure_op(op, rounds=5, scale=1.0):
     """{impl (and "floor"): seconds per op, or calls/s for "clients"}."""
     if op.kind == "clients":
-        return _measure_clients(op, rounds, scale)
+        return measure_clients([op], scale)[op.name]
     if op.kind == "startup":
         return measure({impl: (lambda impl=impl: startup_once(impl)) for impl in IMPLEMENTATIONS},
                        1, max(3, rounds))
@@ -443,12 +452,19 @@ def run(ops=None, rounds=5, scale=1.0, progress=sys.stderr):
     """Run the comparison; returns a list of result rows (dicts).  `ops`:
     names or parts of names to run (default: all)."""
     selected = [op for op in OPS if not ops or any(part in op.name for part in ops)]
+    together = [op for op in selected if op.kind == "clients"]
+    measured = {}
     rows = []
     for index, op in enumerate(selected, 1):
         print("[%2d/%d] %-34s" % (index, len(selected), op.name), end="", file=progress,
               flush=True)
         started = time.perf_counter()
-        row = make_row(op, measure_op(op, rounds, scale))
+        if op in together:
+            if not measured:
+                measured = measure_clients(together, scale)
+            row = make_row(op, measured[op.name])
+        else:
+            row = make_row(op, measure_op(op, rounds, scale))
         rows.append(row)
         print("%12s %12s %8.1fx  (%.1f s)" % (
             _fmt(row["stdlib"], row["unit"]), _fmt(row["fastmgr"], row["unit"]), row["speedup"],
