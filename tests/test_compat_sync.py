@@ -6,6 +6,7 @@ when it does not have the feature, and always run for fastmgr.
 """
 import collections.abc
 import copy
+import gc
 import pickle
 import queue
 import re
@@ -234,9 +235,16 @@ def test_nested_proxies(manager):
 
 
 def test_number_of_objects_after_del(manager):
-    baseline = manager._number_of_objects()
-    l = manager.list()
-    assert manager._number_of_objects() == baseline + 1
+    # proxies of earlier tests caught in reference cycles must not die (and
+    # decref their objects) between the baseline and the count after it
+    gc.collect()
+    gc.disable()
+    try:
+        baseline = manager._number_of_objects()
+        l = manager.list()
+        assert manager._number_of_objects() == baseline + 1
+    finally:
+        gc.enable()
     del l
     deadline = time.monotonic() + 5
     while manager._number_of_objects() != baseline and time.monotonic() < deadline:
