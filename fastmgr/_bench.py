@@ -427,9 +427,8 @@ def measure_clients(ops, scale=1.0, windows=3):
 
 
 def measure_op(op, rounds=5, scale=1.0):
-    """{impl (and "floor"): seconds per op, or calls/s for "clients"}."""
-    if op.kind == "clients":
-        return measure_clients([op], scale)[op.name]
+    """{impl (and "floor"): seconds per op} for an op that is not of kind
+    "clients" (those: measure_clients)."""
     if op.kind == "startup":
         return measure({impl: (lambda impl=impl: startup_once(impl)) for impl in IMPLEMENTATIONS},
                        1, max(3, rounds))
@@ -453,13 +452,13 @@ def run(ops=None, rounds=5, scale=1.0, progress=sys.stderr):
     names or parts of names to run (default: all)."""
     selected = [op for op in OPS if not ops or any(part in op.name for part in ops)]
     together = [op for op in selected if op.kind == "clients"]
-    measured = {}
+    measured = {}  # their results, measured when the first of them comes
     rows = []
     for index, op in enumerate(selected, 1):
         print("[%2d/%d] %-34s" % (index, len(selected), op.name), end="", file=progress,
               flush=True)
         started = time.perf_counter()
-        if op in together:
+        if op.kind == "clients":
             if not measured:
                 measured = measure_clients(together, scale)
             row = make_row(op, measured[op.name])

@@ -413,7 +413,8 @@ cdef enum:
     SPIN_MISSED = 2
     SPIN_LONG_YIELD = 3
     # fm_slot_enter(): a slot taken while fewer others spin than there are
-    # CPUs (a CPU may be free to move to, see _move_apart), or one taken
+    # CPUs (a CPU may be free to move to, see _move_apart; a writer
+    # waiting for room begins calm, see _ring_spin_for_room), or one taken
     # while as many or more spin
     SLOT_FULL = 1
     SLOT_CROWDED = 2

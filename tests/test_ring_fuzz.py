@@ -42,7 +42,7 @@ from conftest import Worker, child_env
 from fastmgr import _protocol as P
 
 import test_hub as TH
-from test_ring import DETOUR_MARK, DETOUR_MIN, new_memfd
+from test_ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, new_memfd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,10 +52,10 @@ SCALE = float(os.environ.get("FASTMGR_FUZZ_ROUNDS", "1"))
 # the layout of one ring (_wire.pyx, above FM_RING_CAP): offset, format
 FIELDS = {
     "head": (0, "<Q"),
-    "tail": (64, "<Q"),
-    "detour_at": (72, "<Q"),
-    "detour_len": (80, "<Q"),
-    "detour_pending": (88, "<I"),
+    "tail": (TAIL, "<Q"),
+    "detour_at": (DETOUR_AT, "<Q"),
+    "detour_len": (DETOUR_AT + 8, "<Q"),
+    "detour_pending": (DETOUR_AT + 16, "<I"),
     "reader_waiting": (128, "<I"),
     "writer_waiting": (192, "<I"),
 }
@@ -333,19 +333,6 @@ def thread_failures():
     return seen
 
 
-def ended(rig, number, timeout):
-    """The (exc, closed) with which the hub ended a connection, or None
-    if it did not within timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with rig.lock:
-            if number in rig.ends:
-                return rig.ends[number][0]
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.002)
-
-
 def good_calls_work(good, rng):
     start = time.monotonic()
     value = rng.randrange(1 << 40)
@@ -375,12 +362,11 @@ def hub_round(rig, wire, rng, failures, outcomes):
         assert not failures, "a hub thread failed: %r" % failures
         say("  the hostile client goes")
         hostile.close()
-        end = ended(rig, number, END_WAIT)
-        assert end is not None, "the hub kept a connection whose client is gone"
+        end, = rig.wait_ended([number], END_WAIT)  # or fails: the hub kept it
         assert allowed(end[0]), "the hub ended the connection with %r" % (end[0],)
         outcomes[type(end[0]).__name__ if end[0] else "None"] += 1
         good.close()
-        assert ended(rig, rig.number(good), END_WAIT) == (None, True)
+        assert rig.wait_ended([rig.number(good)], END_WAIT) == [(None, True)]
     finally:
         hostile.close()
         good.close()
