@@ -42,9 +42,10 @@ the ring (where in the stream it belongs, and its size), then sends the
 byte 0x5A and the message on the socket; the reader takes it there once
 it has read the ring up to that point, then lowers the announcement, and
 only then may the writer announce another.  Each ring: u64 head (consumed); u64 tail
-(written), u64 detour_at, u64 detour_len, u32 detour_pending; u32
-reader_waiting; u32 writer_waiting: each group on its own 64-byte line,
-then ``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
+(written), u64 detour_at, u64 detour_len, u32 detour_pending, i32 writer_cpu
+(the CPU the writer last wrote from: a hint for spinning, any value is
+safe); u32 reader_waiting; u32 writer_waiting: each group on its own
+64-byte line, then ``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
 Every handshake frame is at most ``MAX_HANDSHAKE_FRAME`` bytes; a longer or
 malformed one, a wrong digest, or a foreign magic raises
 ``multiprocessing.AuthenticationError`` on the side that sees it.

@@ -258,12 +258,15 @@ cdef extern from *:
        the socket (after any wake-up bytes before its marker), then
        lowers detour_pending; the writer announces no other detour until
        then.  The fields share the tail's cache line, which the reader
-       loads anyway. */
+       loads anyway; so does writer_cpu, the CPU the writer last wrote
+       from, which tells a reader whose message came only after it yielded
+       whether the writer ran on its CPU meanwhile (fm_ring_from_here; a
+       hint for the spin policy, nothing more). */
     #define FM_RING_CAP 262144u
     typedef struct {
         uint64_t head; char pad0[56];
         uint64_t tail; uint64_t detour_at; uint64_t detour_len;
-        uint32_t detour_pending; char pad1[36];
+        uint32_t detour_pending; int32_t writer_cpu; char pad1[32];
         uint32_t reader_waiting; char pad2[60];
         uint32_t writer_waiting; char pad3[60];
         unsigned char data[FM_RING_CAP];
@@ -322,7 +325,11 @@ cdef extern from *:
         memcpy(r->data + at, src, first);
         memcpy(r->data, src + first, n - first);
         *tail += n;
+        __atomic_store_n(&r->writer_cpu, sched_getcpu(), __ATOMIC_RELAXED);
         __atomic_store_n(&r->tail, *tail, __ATOMIC_RELEASE);
+    }
+    static inline int fm_ring_from_here(fm_ring *r) {
+        return __atomic_load_n(&r->writer_cpu, __ATOMIC_RELAXED) == sched_getcpu();
     }
     static inline void fm_flag_set(uint32_t *flag, uint32_t v) {
         __atomic_store_n(flag, v, __ATOMIC_RELAXED);
@@ -370,6 +377,7 @@ cdef extern from *:
     bint fm_detour_pending(fm_ring* r) nogil
     bint fm_detour_here(fm_ring* r, uint64_t head) nogil
     bint fm_rx_ready(fm_ring* r, uint64_t head) nogil
+    bint fm_ring_from_here(fm_ring* r) nogil
     uint64_t fm_detour_len(fm_ring* r) nogil
     void fm_detour_announce(fm_ring* r, uint64_t at, uint64_t length) nogil
     void fm_detour_done(fm_ring* r) nogil
@@ -455,15 +463,27 @@ cdef enum:
 # common reply comes within it, and a yield costs more than a recv
 cdef double CALM_SPIN_S = 4e-6
 # ... unless most recent catches came only after a yield (more than
-# CALM_LATE_MAX of them): then the peer runs only while we yield, because it
-# shares our CPU, and the calm phase is time taken from it.  Such spins
+# CALM_LATE_MAX of them) that ran the peer on our CPU (through a ring: the
+# writer wrote from our CPU, fm_ring_from_here; through a socket: the yield
+# ran some other thread): then the peer runs only while we yield, because
+# it shares our CPU, and the calm phase is time taken from it.  Such spins
 # yield at once, but for one in CALM_PROBE, which looks again.
 cdef double CALM_LATE_MAX = 0.75
 cdef unsigned int CALM_PROBE = 64
-# The server's loop moves to another CPU when its catches come late
-# (_move_apart), at most once in MOVE_GAP_MIN spins, doubling the gap after
-# each move up to MOVE_GAP_MAX until catches come early (late below
-# MOVE_SETTLED) again.
+# A spinner moves to another CPU when its catches come late (_move_apart),
+# at most once in MOVE_GAP_MIN spins, doubling the gap after each move up
+# to MOVE_GAP_MAX until catches come early (late below MOVE_SETTLED) again.
+# The server's loop (and a server thread serving one connection) moves
+# only while a CPU may be free (MOVE_IF_FREE); a client reading a ring
+# whose writer shares its CPU moves only while none is (MOVE_IF_CROWDED),
+# so that the two never chase each other.  The kernel spreads busy
+# clients over every CPU, the loop's among them, and there a client is
+# served only when the loop yields to it (8 clients on 2 CPUs: the slowest
+# got 1-4% of the mean rate, and 37-66% once clients moved).
+cdef enum:
+    MOVE_NEVER = 0
+    MOVE_IF_FREE = 1
+    MOVE_IF_CROWDED = 2
 cdef double MOVE_SETTLED = 0.5
 cdef unsigned int MOVE_GAP_MIN = 64
 cdef unsigned int MOVE_GAP_MAX = 65536
@@ -516,17 +536,18 @@ cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_U
 cdef void _refresh_max_spinners() noexcept:
     """Up to SLOTS_PER_CPU spinners per CPU on the whole machine (counted
     in the shared slots) may spin; beyond as many as there are CPUs, they
-    are crowded (SLOT_CROWDED).  A process that may use a single CPU
-    counts as having none (fm_max_spinners 0): there the peer runs only
-    when we yield, so its spins yield at once (_calm_until), and a yield
-    that hands the peer the CPU costs less than waking it from sleep."""
+    are crowded (SLOT_CROWDED).  A process that may use a single CPU is no
+    exception: its peer may run on another (a client pinned to one CPU,
+    its server to another), and where the peer shares that CPU its
+    messages come only after a yield, which turns the calm phase off
+    (_calm_until)."""
     global fm_max_spinners, fm_slot_max
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = _os.cpu_count() or 1
-    fm_max_spinners = ncpu if ncpu > 1 else 0
-    fm_slot_max = min(SLOTS_PER_CPU * max(1, fm_max_spinners), MAX_SLOTS)
+    fm_max_spinners = max(1, ncpu)
+    fm_slot_max = min(SLOTS_PER_CPU * fm_max_spinners, MAX_SLOTS)
 
 
 cdef void _map_slots() noexcept:
@@ -661,17 +682,18 @@ cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double wo
         st.misses = 0
 
 
-cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
-    """The server's loop (or a server thread that serves one connection),
-    when its peers run only while it yields (most catches late, see
-    CALM_LATE_MAX), shares its CPU with one of them, often by chance: the
-    kernel wakes a thread beside its waker, and two threads that yield to
-    each other are never moved apart.  Then it moves to another CPU, if it
-    may use one.  Where that does not help (the kernel puts it back, or
-    another client waits there), the moves come ever more rarely."""
+cdef inline void _move_apart(SpinState* st, int slot, int moves) noexcept nogil:
+    """A spinner whose peers run only while it yields (most catches late,
+    see CALM_LATE_MAX) shares its CPU with one of them, often by chance:
+    the kernel wakes a thread beside its waker, never moves apart two
+    threads that yield to each other, and spreads busy clients over every
+    CPU.  Then it moves to another CPU, if it may use one and moves (see
+    MOVE_IF_FREE) says so.  Where that does not help (the kernel puts it
+    back, or another client waits there), the moves come ever more
+    rarely."""
     if st.move_gap < MOVE_GAP_MIN:
         st.move_gap = MOVE_GAP_MIN
-    if slot != SLOT_FULL:
+    if moves == MOVE_NEVER or (slot == SLOT_FULL) != (moves == MOVE_IF_FREE):
         return
     if st.late < CALM_LATE_MAX:
         if st.late < MOVE_SETTLED:
@@ -687,12 +709,10 @@ cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
         st.move_gap *= 2
 
 
-cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) noexcept nogil:
-    """Begin a spin at t: a server thread that may move (moves) first looks
-    whether to (_move_apart).  Returns when the spin starts yielding at
-    every turn."""
-    if moves:
-        _move_apart(st, slot)
+cdef inline double _spin_start(SpinState* st, int slot, int moves, double t) noexcept nogil:
+    """Begin a spin at t: first look whether to move (_move_apart).
+    Returns when the spin starts yielding at every turn."""
+    _move_apart(st, slot, moves)
     return _calm_until(st, t)
 
 
@@ -704,13 +724,13 @@ cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
     call (8 clients on 2 CPUs: about 650k calls/s calm, 450k yielding at
     once)."""
     st.spins += 1
-    st.calm = fm_max_spinners > 0 and (st.late < CALM_LATE_MAX or st.spins % CALM_PROBE == 0)
+    st.calm = st.late < CALM_LATE_MAX or st.spins % CALM_PROBE == 0
     return t + CALM_SPIN_S if st.calm else t
 
 
 cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
-    """A spin caught its message; yielded: only after a yield that ran
-    another thread (the peer, if it shares our CPU)."""
+    """A spin caught its message; yielded: only after a yield that ran the
+    peer on our CPU (see CALM_LATE_MAX)."""
     fm_count_catch()
     if st.calm:
         st.late += ((1.0 if yielded else 0.0) - st.late) / 16.0
@@ -1261,7 +1281,7 @@ cdef class Connection:
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef int _spin_us               # spin budget before blocking, µs
     cdef SpinState spin             # how the budget in force adapts
-    cdef bint moves                 # a server thread of its own: may move off its client's CPU
+    cdef bint moves                 # a server thread of its own: moves only to a CPU that may be free
     cdef int spin_extra             # µs added to the next spin: the peer is taking in a large message
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods
@@ -1452,7 +1472,7 @@ cdef class Connection:
         cdef ssize_t got
         cdef double t = _now()
         cdef double until = t + (self.spin.now + self.spin_extra) * 1e-6
-        cdef double calm = _spin_start(&self.spin, slot, self.moves, t)
+        cdef double calm = _spin_start(&self.spin, slot, MOVE_IF_FREE if self.moves else MOVE_NEVER, t)
         cdef bint yielded = False
         while True:
             if g_spin_yield and t >= calm:
@@ -1655,14 +1675,15 @@ cdef class Connection:
                         yielded = False
                         t = _now()
                         until = t + (budget + self.spin_extra) * 1e-6
-                        calm = _spin_start(&self.spin, slot, self.moves, t)
+                        calm = _spin_start(&self.spin, slot,
+                                           MOVE_IF_FREE if self.moves else MOVE_IF_CROWDED, t)
                         while True:
                             if g_spin_yield and t >= calm:
                                 if _yield(&self.spin, t, &yielded):
                                     outcome = SPIN_LONG_YIELD
                                     break
                             if fm_rx_ready(self.rx, self.rx_head):
-                                _caught(&self.spin, yielded)
+                                _caught(&self.spin, yielded and fm_ring_from_here(self.rx))
                                 outcome = SPIN_PAID
                                 break
                             t = _now()
@@ -2714,6 +2735,7 @@ cdef class Hub:
     cdef uint64_t* ring_token
     cdef int nrings
     cdef int ring_cap
+    cdef int first_ready            # the first ring _rings_ready() found ready, or -1
     cdef long sleeps                # times the loop raised the rings' flags to sleep
 
     def __cinit__(self):
@@ -2783,12 +2805,15 @@ cdef class Hub:
         """Add an event for each ring that holds bytes (or whose positions
         are impossible: reading it will say so) to events[0:n]."""
         cdef int i
+        self.first_ready = -1
         for i in range(self.nrings):
             if n >= MAX_EVENTS:
                 break
             if fm_ring_readable(self.ring_rx[i], self.ring_head[i][0]) != 0:
                 events[n].data.u64 = self.ring_token[i]
                 n += 1
+                if self.first_ready < 0:
+                    self.first_ready = i
         return n
 
     cdef void _rings_waiting(self, uint32_t v) noexcept nogil:
@@ -2912,7 +2937,7 @@ cdef class Hub:
                     outcome = SPIN_MISSED
                     t = _now()
                     until = t + budget * 1e-6
-                    calm = _spin_start(&self.spin, slot, True, t)
+                    calm = _spin_start(&self.spin, slot, MOVE_IF_FREE, t)
                     while True:
                         if lfd >= 0:
                             got = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)
@@ -2928,7 +2953,9 @@ cdef class Hub:
                         if n >= 0:
                             n = self._rings_ready(events, n)
                         if n > 0:
-                            _caught(&self.spin, yielded)
+                            _caught(&self.spin, yielded and (
+                                self.first_ready < 0
+                                or fm_ring_from_here(self.ring_rx[self.first_ready])))
                             break
                         t = _now()
                         if n != 0 or t >= until:

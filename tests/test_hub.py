@@ -720,7 +720,8 @@ def _busy_ticks(pids):
         ticks = [int(x) for x in f.readline().split()[1:]]
     ours = 0
     for pid in pids:
-        ours += sum(int(x) for x in _task_stat(pid, pid)[11:13])  # utime, stime
+        with open("/proc/%d/stat" % pid) as f:  # the whole process: every thread
+            ours += sum(int(x) for x in f.read().rpartition(")")[2].split()[11:13])  # utime, stime
     return sum(ticks) - ticks[3] - ticks[4], ours
 
 
@@ -789,6 +790,71 @@ def test_server_thread_moves_off_the_cpu_of_its_client(served_by):
         assert all(_affinity(tid) in (mask, None) for tid in tids)
     finally:
         os.sched_setaffinity(me, mask)
+        m.shutdown()
+
+
+def _call_pinned(address, authkey, cpu, stop):
+    """Call a dict on CPU cpu until stop is set (at most WAIT seconds)."""
+    os.sched_setaffinity(0, {cpu})
+    m = fastmgr.SyncManager(address=address, authkey=authkey)
+    m.connect()
+    d = m.dict()
+    until = time.monotonic() + WAIT
+    while not stop.is_set() and time.monotonic() < until:
+        d["k"] = 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.skipif(conftest.PUREPYTHON, reason="the pure-Python wire does not spin")
+def test_client_moves_off_the_cpu_its_server_is_pinned_to():
+    """With the CPUs evenly busy (the server's loop pinned to one, two other
+    clients calling on another), a client that shares its CPU with the
+    loop is served only while the loop yields to it, and the kernel, which
+    spreads busy threads evenly, leaves it there: it moves itself to
+    another of its CPUs, and keeps the CPUs it may use."""
+    m = fastmgr.SyncManager()
+    m.start()
+    mask = os.sched_getaffinity(0)
+    me = os.getpid()
+    cpu, other = sorted(mask)[:2]
+    server = m._process.pid
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    helpers = []
+    try:
+        d = m.dict()
+        d["k"] = 1  # the server's loop thread runs from the first call
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % server)]
+        for tid in tids + [me]:
+            _set_affinity(tid, {cpu})
+        for _ in range(2):
+            helpers.append(ctx.Process(target=_call_pinned,
+                                       args=(m.address, m._authkey, other, stop)))
+            helpers[-1].start()
+        for _ in range(200):
+            assert d["k"] == 1
+        os.sched_setaffinity(me, mask)
+        ours = [server, me] + [helper.pid for helper in helpers]
+        seen, busy, began = [], _busy_ticks(ours), time.monotonic()
+        for _ in range(8):  # it moves within a few hundred calls
+            for _ in range(500):
+                assert d["k"] == 1
+            seen.append(int(_task_stat(me, me)[36]))
+            if seen[-1] != cpu:
+                break
+        else:
+            others = _others_busy(busy, ours, time.monotonic() - began)
+            if others > 0.3:
+                pytest.skip("other processes kept %.1f CPUs busy" % others)
+            pytest.fail("the client stayed on its server's CPU for 4,000 calls (its CPU "
+                        "after each 500: %s; other processes kept %.1f CPUs busy)"
+                        % (seen, others))
+        assert os.sched_getaffinity(me) == mask
+    finally:
+        os.sched_setaffinity(me, mask)
+        stop.set()
+        for helper in helpers:
+            finish(helper)
         m.shutdown()
 
 

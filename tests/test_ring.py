@@ -30,10 +30,11 @@ pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10
 # the layout of one ring (_protocol.py): head; tail, detour_at, detour_len,
-# detour_pending; reader_waiting; writer_waiting: on lines of 64 bytes,
-# then the data
+# detour_pending, writer_cpu; reader_waiting; writer_waiting: on lines of 64
+# bytes, then the data
 TAIL = 64
 DETOUR_AT = TAIL + 8
+WRITER_CPU = DETOUR_AT + 20
 # messages this large take the detour through the socket (_wire.pyx)
 DETOUR_MIN = 256 << 10
 DETOUR_MARK = b"\x5a"
@@ -160,6 +161,24 @@ def echo_late(conn, n):
         while time.perf_counter() < until:
             pass
         conn.send_bytes(message)
+
+
+def test_the_writer_says_in_the_ring_which_cpu_it_wrote_from(wire, ring_pair, memfd):
+    """Every message put in a ring leaves the writer's CPU beside the
+    tail: a reader whose message came only after it yielded learns from it
+    whether the writer shares its CPU."""
+    client, server = ring_pair
+    mask = os.sched_getaffinity(0)
+    cpus = sorted(mask)[:2]
+    try:
+        with mmap.mmap(memfd, wire.Connection.ring_size()) as shared:
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})
+                client.send_bytes(b"x")
+                assert server.recv_bytes() == b"x"
+                assert struct.unpack_from("<i", shared, WRITER_CPU)[0] == cpu
+    finally:
+        os.sched_setaffinity(0, mask)
 
 
 def test_spin_catches_are_counted_in_the_shared_mapping(ring_pair):

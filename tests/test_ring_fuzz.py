@@ -42,7 +42,7 @@ from conftest import Worker, child_env
 from fastmgr import _protocol as P
 
 import test_hub as TH
-from test_ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, new_memfd
+from test_ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, WRITER_CPU, new_memfd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,6 +56,7 @@ FIELDS = {
     "detour_at": (DETOUR_AT, "<Q"),
     "detour_len": (DETOUR_AT + 8, "<Q"),
     "detour_pending": (DETOUR_AT + 16, "<I"),
+    "writer_cpu": (WRITER_CPU, "<I"),  # a hint only: any value is harmless
     "reader_waiting": (128, "<I"),
     "writer_waiting": (192, "<I"),
 }
