@@ -470,20 +470,10 @@ cdef double CALM_SPIN_S = 4e-6
 # yield at once, but for one in CALM_PROBE, which looks again.
 cdef double CALM_LATE_MAX = 0.75
 cdef unsigned int CALM_PROBE = 64
-# A spinner moves to another CPU when its catches come late (_move_apart),
-# at most once in MOVE_GAP_MIN spins, doubling the gap after each move up
-# to MOVE_GAP_MAX until catches come early (late below MOVE_SETTLED) again.
-# The server's loop (and a server thread serving one connection) moves
-# only while a CPU may be free (MOVE_IF_FREE); a client reading a ring
-# whose writer shares its CPU moves only while none is (MOVE_IF_CROWDED),
-# so that the two never chase each other.  The kernel spreads busy
-# clients over every CPU, the loop's among them, and there a client is
-# served only when the loop yields to it (8 clients on 2 CPUs: the slowest
-# got 1-4% of the mean rate, and 37-66% once clients moved).
-cdef enum:
-    MOVE_NEVER = 0
-    MOVE_IF_FREE = 1
-    MOVE_IF_CROWDED = 2
+# The server's loop moves to another CPU when its catches come late
+# (_move_apart), at most once in MOVE_GAP_MIN spins, doubling the gap after
+# each move up to MOVE_GAP_MAX until catches come early (late below
+# MOVE_SETTLED) again.
 cdef double MOVE_SETTLED = 0.5
 cdef unsigned int MOVE_GAP_MIN = 64
 cdef unsigned int MOVE_GAP_MAX = 65536
@@ -682,18 +672,17 @@ cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double wo
         st.misses = 0
 
 
-cdef inline void _move_apart(SpinState* st, int slot, int moves) noexcept nogil:
-    """A spinner whose peers run only while it yields (most catches late,
-    see CALM_LATE_MAX) shares its CPU with one of them, often by chance:
-    the kernel wakes a thread beside its waker, never moves apart two
-    threads that yield to each other, and spreads busy clients over every
-    CPU.  Then it moves to another CPU, if it may use one and moves (see
-    MOVE_IF_FREE) says so.  Where that does not help (the kernel puts it
-    back, or another client waits there), the moves come ever more
-    rarely."""
+cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
+    """The server's loop (or a server thread that serves one connection),
+    when its peers run only while it yields (most catches late, see
+    CALM_LATE_MAX), shares its CPU with one of them, often by chance: the
+    kernel wakes a thread beside its waker, and two threads that yield to
+    each other are never moved apart.  Then it moves to another CPU, if it
+    may use one.  Where that does not help (the kernel puts it back, or
+    another client waits there), the moves come ever more rarely."""
     if st.move_gap < MOVE_GAP_MIN:
         st.move_gap = MOVE_GAP_MIN
-    if moves == MOVE_NEVER or (slot == SLOT_FULL) != (moves == MOVE_IF_FREE):
+    if slot != SLOT_FULL:
         return
     if st.late < CALM_LATE_MAX:
         if st.late < MOVE_SETTLED:
@@ -709,10 +698,12 @@ cdef inline void _move_apart(SpinState* st, int slot, int moves) noexcept nogil:
         st.move_gap *= 2
 
 
-cdef inline double _spin_start(SpinState* st, int slot, int moves, double t) noexcept nogil:
-    """Begin a spin at t: first look whether to move (_move_apart).
-    Returns when the spin starts yielding at every turn."""
-    _move_apart(st, slot, moves)
+cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) noexcept nogil:
+    """Begin a spin at t: a server thread that may move (moves) first looks
+    whether to (_move_apart).  Returns when the spin starts yielding at
+    every turn."""
+    if moves:
+        _move_apart(st, slot)
     return _calm_until(st, t)
 
 
@@ -1281,7 +1272,7 @@ cdef class Connection:
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef int _spin_us               # spin budget before blocking, µs
     cdef SpinState spin             # how the budget in force adapts
-    cdef bint moves                 # a server thread of its own: moves only to a CPU that may be free
+    cdef bint moves                 # a server thread of its own: may move off its client's CPU
     cdef int spin_extra             # µs added to the next spin: the peer is taking in a large message
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods
@@ -1472,7 +1463,7 @@ cdef class Connection:
         cdef ssize_t got
         cdef double t = _now()
         cdef double until = t + (self.spin.now + self.spin_extra) * 1e-6
-        cdef double calm = _spin_start(&self.spin, slot, MOVE_IF_FREE if self.moves else MOVE_NEVER, t)
+        cdef double calm = _spin_start(&self.spin, slot, self.moves, t)
         cdef bint yielded = False
         while True:
             if g_spin_yield and t >= calm:
@@ -1675,8 +1666,7 @@ cdef class Connection:
                         yielded = False
                         t = _now()
                         until = t + (budget + self.spin_extra) * 1e-6
-                        calm = _spin_start(&self.spin, slot,
-                                           MOVE_IF_FREE if self.moves else MOVE_IF_CROWDED, t)
+                        calm = _spin_start(&self.spin, slot, self.moves, t)
                         while True:
                             if g_spin_yield and t >= calm:
                                 if _yield(&self.spin, t, &yielded):
@@ -2937,7 +2927,7 @@ cdef class Hub:
                     outcome = SPIN_MISSED
                     t = _now()
                     until = t + budget * 1e-6
-                    calm = _spin_start(&self.spin, slot, MOVE_IF_FREE, t)
+                    calm = _spin_start(&self.spin, slot, True, t)
                     while True:
                         if lfd >= 0:
                             got = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)
