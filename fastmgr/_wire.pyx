@@ -524,8 +524,9 @@ cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_U
 
 
 cdef void _refresh_max_spinners() noexcept:
-    """Up to SLOTS_PER_CPU spinners per CPU on the whole machine (counted
-    in the shared slots) may spin; beyond as many as there are CPUs, they
+    """Up to SLOTS_PER_CPU spinners per CPU of the machine may spin
+    (counted in the shared slots, which every process sees alike, pinned
+    to one CPU or not); beyond as many as this process may use CPUs, they
     are crowded (SLOT_CROWDED).  A process that may use a single CPU is no
     exception: its peer may run on another (a client pinned to one CPU,
     its server to another), and where the peer shares that CPU its
@@ -537,7 +538,7 @@ cdef void _refresh_max_spinners() noexcept:
     except Exception:
         ncpu = _os.cpu_count() or 1
     fm_max_spinners = max(1, ncpu)
-    fm_slot_max = min(SLOTS_PER_CPU * fm_max_spinners, MAX_SLOTS)
+    fm_slot_max = min(SLOTS_PER_CPU * max(ncpu, _os.cpu_count() or 1), MAX_SLOTS)
 
 
 cdef void _map_slots() noexcept:
