@@ -523,6 +523,10 @@ cdef bint g_spin_yield = _os.environ.get("FASTMGR_SPIN_YIELD", "1") != "0"
 cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
 
 
+# the machine's CPUs, looked up once (os.cpu_count() reads a file)
+cdef int g_machine_cpus = _os.cpu_count() or 1
+
+
 cdef void _refresh_max_spinners() noexcept:
     """Up to SLOTS_PER_CPU spinners per CPU of the machine may spin
     (counted in the shared slots, which every process sees alike, pinned
@@ -538,7 +542,7 @@ cdef void _refresh_max_spinners() noexcept:
     except Exception:
         ncpu = _os.cpu_count() or 1
     fm_max_spinners = max(1, ncpu)
-    fm_slot_max = min(SLOTS_PER_CPU * max(ncpu, _os.cpu_count() or 1), MAX_SLOTS)
+    fm_slot_max = min(SLOTS_PER_CPU * max(ncpu, g_machine_cpus), MAX_SLOTS)
 
 
 cdef void _map_slots() noexcept:
