@@ -540,7 +540,7 @@ cdef void _refresh_max_spinners() noexcept:
     try:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
-        ncpu = _os.cpu_count() or 1
+        ncpu = g_machine_cpus
     fm_max_spinners = max(1, ncpu)
     fm_slot_max = min(SLOTS_PER_CPU * max(ncpu, g_machine_cpus), MAX_SLOTS)
 
