@@ -541,7 +541,7 @@ cdef void _refresh_max_spinners() noexcept:
         ncpu = len(_os.sched_getaffinity(0))
     except Exception:
         ncpu = g_machine_cpus
-    fm_max_spinners = max(1, ncpu)
+    fm_max_spinners = ncpu
     fm_slot_max = min(SLOTS_PER_CPU * max(ncpu, g_machine_cpus), MAX_SLOTS)
 
 
@@ -2730,7 +2730,6 @@ cdef class Hub:
     cdef uint64_t* ring_token
     cdef int nrings
     cdef int ring_cap
-    cdef int first_ready            # the first ring _rings_ready() found ready, or -1
     cdef long sleeps                # times the loop raised the rings' flags to sleep
 
     def __cinit__(self):
@@ -2800,16 +2799,23 @@ cdef class Hub:
         """Add an event for each ring that holds bytes (or whose positions
         are impossible: reading it will say so) to events[0:n]."""
         cdef int i
-        self.first_ready = -1
         for i in range(self.nrings):
             if n >= MAX_EVENTS:
                 break
             if fm_ring_readable(self.ring_rx[i], self.ring_head[i][0]) != 0:
                 events[n].data.u64 = self.ring_token[i]
                 n += 1
-                if self.first_ready < 0:
-                    self.first_ready = i
         return n
+
+    cdef bint _ready_from_here(self) noexcept nogil:
+        """Whether the first ring that holds bytes was written from our
+        CPU (see CALM_LATE_MAX); with none (a socket's event), True: a
+        yield that ran another thread is all we can tell."""
+        cdef int i
+        for i in range(self.nrings):
+            if fm_ring_readable(self.ring_rx[i], self.ring_head[i][0]) != 0:
+                return fm_ring_from_here(self.ring_rx[i])
+        return True
 
     cdef void _rings_waiting(self, uint32_t v) noexcept nogil:
         cdef int i
@@ -2948,9 +2954,7 @@ cdef class Hub:
                         if n >= 0:
                             n = self._rings_ready(events, n)
                         if n > 0:
-                            _caught(&self.spin, yielded and (
-                                self.first_ready < 0
-                                or fm_ring_from_here(self.ring_rx[self.first_ready])))
+                            _caught(&self.spin, yielded and self._ready_from_here())
                             break
                         t = _now()
                         if n != 0 or t >= until:

@@ -688,8 +688,11 @@ def gate_manager(impl):
     m.shutdown()
 
 
-def _task_stat(pid, tid):
-    with open("/proc/%d/task/%d/stat" % (pid, tid)) as f:
+def _task_stat(pid, tid=None):
+    """The fields of a thread's stat after its name (without tid: the
+    whole process's, every thread summed)."""
+    path = "/proc/%d/stat" % pid if tid is None else "/proc/%d/task/%d/stat" % (pid, tid)
+    with open(path) as f:
         return f.read().rpartition(")")[2].split()
 
 
@@ -720,8 +723,7 @@ def _busy_ticks(pids):
         ticks = [int(x) for x in f.readline().split()[1:]]
     ours = 0
     for pid in pids:
-        with open("/proc/%d/stat" % pid) as f:  # the whole process: every thread
-            ours += sum(int(x) for x in f.read().rpartition(")")[2].split()[11:13])  # utime, stime
+        ours += sum(int(x) for x in _task_stat(pid)[11:13])  # utime, stime
     return sum(ticks) - ticks[3] - ticks[4], ours
 
 
@@ -799,8 +801,8 @@ def _put_later(q):
 
 
 def test_everything_on_one_cpu():
-    """Server and client pinned to one CPU, where a wait spins only by
-    yielding the CPU: calls, a 1 MiB argument (a detour through the
+    """Server and client pinned to one CPU, where a wait soon learns to
+    spin only by yielding the CPU: calls, a 1 MiB argument (a detour through the
     socket), and a blocking get that another process's put ends, all come
     through."""
     m = fastmgr.SyncManager()
