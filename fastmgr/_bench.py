@@ -9,11 +9,14 @@ Besides per-op times there are three other kinds of row:
 
 - ``throughput, N clients``: N forked client processes, each connected to
   the one manager, call a method in a loop for a fixed window; the figure is
-  the total calls/s, median of three windows (speedup = fastmgr / stdlib).
+  the total calls/s, median of five windows (speedup = fastmgr / stdlib).
   The rows for every client count are measured together: each window runs
   every count with each implementation in turn (in reverse order every
   other window), so that 8 clients compare with 2 as fastmgr compares with
-  the stdlib, in the same stretch of time;
+  the stdlib, in the same stretch of time.  How many times what 2 clients
+  get 8 clients get is the median of the ratios within a window, each
+  8-client figure against the 2-client one timed a moment before or after
+  it: the machine's slow and fast stretches then fall on both alike;
 - ``..., 1 CPU``: the op with the benchmark process and the manager's server
   process (every thread of both) pinned to one CPU;
 - ``socket floor, 1 MiB``: a bare ping-pong between two processes over a
@@ -399,13 +402,15 @@ def _measure_time_op(op, rounds, scale):
             m.shutdown()
 
 
-def measure_clients(ops, scale=1.0, windows=3):
-    """{op name: {impl: calls/s}} for "clients" ops measured together: the
-    median over `windows` windows, each of which runs every op with each
-    implementation in turn (reversed every other window); all managers
-    and clients are up throughout."""
-    seconds = max(0.1, 0.6 * scale)
-    turns = [(op, impl) for op in ops for impl in IMPLEMENTATIONS]
+def measure_clients(ops, scale=1.0, windows=5):
+    """{op name: {impl: calls/s, "windows": {impl: [calls/s per window]}}}
+    for "clients" ops measured together: the median over `windows`
+    windows, each of which runs every op with each implementation in turn
+    (reversed every other window); all managers and clients are up
+    throughout.  An implementation's client counts come one after another,
+    so that its ratios between them (_annotate) are timed close together."""
+    seconds = max(0.1, 0.36 * scale)
+    turns = [(op, impl) for impl in IMPLEMENTATIONS for op in ops]
     managers, clients = [], {}
     samples = {turn: [] for turn in turns}
     try:
@@ -420,9 +425,10 @@ def measure_clients(ops, scale=1.0, windows=3):
             gang.close()
         for manager in managers:
             manager.shutdown()
-    results = {op.name: {} for op in ops}
+    results = {op.name: {"windows": {}} for op in ops}
     for (op, impl), values in samples.items():
         results[op.name][impl] = statistics.median(values)
+        results[op.name]["windows"][impl] = values
     return results
 
 
@@ -438,7 +444,8 @@ def measure_op(op, rounds=5, scale=1.0):
 def make_row(op, result):
     if op.kind == "clients":
         return {"op": op.name, "unit": "calls/s", "stdlib": result["stdlib"],
-                "fastmgr": result["fastmgr"], "speedup": result["fastmgr"] / result["stdlib"]}
+                "fastmgr": result["fastmgr"], "speedup": result["fastmgr"] / result["stdlib"],
+                "windows": result["windows"]}
     row = {"op": op.name, "unit": "us", "stdlib": result["stdlib"] * 1e6,
            "fastmgr": result["fastmgr"] * 1e6, "speedup": result["stdlib"] / result["fastmgr"]}
     if "floor" in result:
@@ -479,7 +486,8 @@ def _annotate(rows):
             row["note"] = "%.2fx socket floor" % row["floor_multiple"]
     eight, two = by_name.get("throughput, 8 clients"), by_name.get("throughput, 2 clients")
     if eight and two:
-        eight["fastmgr_vs_2_clients"] = eight["fastmgr"] / two["fastmgr"]
+        eight["fastmgr_vs_2_clients"] = statistics.median(
+            [a / b for a, b in zip(eight["windows"]["fastmgr"], two["windows"]["fastmgr"])])
         eight["note"] = "fastmgr: %.2fx its 2 clients" % eight["fastmgr_vs_2_clients"]
     out = []
     for row in rows:

@@ -13,7 +13,7 @@ def test_client_rows_are_measured_together(monkeypatch):
     calls = []
     real = _bench.measure_clients
 
-    def spy(ops, scale=1.0, windows=3):
+    def spy(ops, scale=1.0, windows=5):
         calls.append([op.name for op in ops])
         return real(ops, scale, windows=2)
 
@@ -50,7 +50,22 @@ def test_clients_windows_alternate_and_reverse(monkeypatch):
     monkeypatch.setattr(_bench, "start_manager", lambda impl, address: FakeManager())
     ops = [op for op in _bench.OPS if op.kind == "clients" and op.n in (2, 8)]
     results = _bench.measure_clients(ops, windows=2)
-    forward = [(2, "stdlib"), (2, "fastmgr"), (8, "stdlib"), (8, "fastmgr")]
+    forward = [(2, "stdlib"), (8, "stdlib"), (2, "fastmgr"), (8, "fastmgr")]
     assert order == forward + forward[::-1]
     assert set(results) == {"throughput, 2 clients", "throughput, 8 clients"}
     assert results["throughput, 2 clients"]["stdlib"] == (2.0 + 9.0) / 2
+    assert results["throughput, 8 clients"]["windows"]["fastmgr"] == [5.0, 6.0]
+
+
+def test_8_against_2_clients_is_the_median_ratio_within_windows():
+    """Each 8-client window is read against the 2-client window of its
+    stretch of time, not the medians against each other."""
+    def row(n, fastmgr_windows):
+        return {"op": "throughput, %d clients" % n, "unit": "calls/s", "stdlib": 1.0,
+                "fastmgr": sorted(fastmgr_windows)[1], "speedup": 1.0,
+                "windows": {"stdlib": [1.0] * 3, "fastmgr": fastmgr_windows}}
+
+    # medians 200 and 210 (0.95x), but window by window 8 clients get more
+    rows = _bench._annotate([row(2, [100.0, 210.0, 300.0]), row(8, [110.0, 200.0, 330.0])])
+    assert rows[1]["fastmgr_vs_2_clients"] == pytest.approx(1.1)
+    assert rows[1]["note"] == "fastmgr: 1.10x its 2 clients"
