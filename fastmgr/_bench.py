@@ -15,8 +15,9 @@ Besides per-op times there are three other kinds of row:
   other window), so that 8 clients compare with 2 as fastmgr compares with
   the stdlib, in the same stretch of time.  How many times what 2 clients
   get 8 clients get is the median of the ratios within a window, each
-  8-client figure against the 2-client one timed a moment before or after
-  it: the machine's slow and fast stretches then fall on both alike;
+  8-client figure against the 2-client one of its window (only the
+  4-client turn comes between them): the machine's slow and fast stretches
+  then fall on both alike;
 - ``..., 1 CPU``: the op with the benchmark process and the manager's server
   process (every thread of both) pinned to one CPU;
 - ``socket floor, 1 MiB``: a bare ping-pong between two processes over a
