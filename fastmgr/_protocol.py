@@ -16,8 +16,8 @@ length is a ``ProtocolError``.  A length above the reader's limit raises
 ``MessageTooLarge`` before a byte of the body is read or allocated.
 A frame always leaves in one write: header and body together.
 
-Handshake (before anything is decoded)
---------------------------------------
+Handshake (before anything is decoded; ``_handshake.py``, for both wires)
+-------------------------------------------------------------------------
 1. server -> client: ``MAGIC`` (4 bytes) + a 32-byte random nonce ``Ns``.
 2. client -> server: ``HMAC-SHA256(key, b"C" + Ns)`` (32 bytes) + a 32-byte
    random nonce ``Nc`` + an optional client *hello* of at most

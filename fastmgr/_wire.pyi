@@ -84,12 +84,15 @@ class Connection:
         raises ValueError if this connection already has bytes read ahead,
         a ring, or TLS.  See _protocol.py."""
 
+# The handshake, re-exported from fastmgr._handshake (one implementation
+# for both wires):
 def deliver_challenge(conn: Connection, authkey: bytes) -> bytes:
     """Server side of the handshake; returns the client's hello bytes.
     Raises multiprocessing.AuthenticationError."""
 
 def answer_challenge(conn: Connection, authkey: bytes, hello: bytes = b"") -> None:
-    """Client side of the handshake. Raises multiprocessing.AuthenticationError."""
+    """Client side of the handshake. Raises multiprocessing.AuthenticationError
+    (EOFError if the server closes before its challenge)."""
 
 def serve_connection(conn: Connection, table: dict, control: tuple,
                      fallback: Callable[[int, Any, str, tuple, dict], Any],

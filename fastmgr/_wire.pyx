@@ -33,17 +33,13 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 
-import hmac as _hmac
 import os as _os
 import socket as _socket
 import traceback as _traceback
 
-from multiprocessing import AuthenticationError
-
 from . import _pickling
-from ._protocol import (COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, DIGEST_SIZE, FAILURE,
-                        MAGIC, MAX_DEPTH, MAX_HANDSHAKE_FRAME, MAX_HELLO, NONCE_SIZE,
-                        SERIALIZERS, WELCOME)
+from ._handshake import answer_challenge, deliver_challenge
+from ._protocol import COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SERIALIZERS
 from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 
 IMPLEMENTATION = "compiled"
@@ -2462,65 +2458,6 @@ cdef class Pipeline:
     def unseen_errors(self):
         """Failed calls whose result() nobody asked for."""
         return [p for p in self.failed if not (<Pending>p).seen]
-
-
-# ---------------------------------------------------------------------------
-# The handshake (see _protocol.py); nothing is decoded before it succeeds
-
-def _digest(key, prefix, nonce):
-    return _hmac.new(key, prefix + nonce, "sha256").digest()
-
-
-cdef _check_key(authkey):
-    if not isinstance(authkey, bytes):
-        raise TypeError("authkey should be a byte string, not %s" % type(authkey).__name__)
-
-
-def deliver_challenge(Connection conn, authkey):
-    """Server side: challenge the client, then prove we know the key too.
-    Returns the client's hello bytes."""
-    _check_key(authkey)
-    nonce = _os.urandom(NONCE_SIZE)
-    conn.send_bytes(MAGIC + nonce)
-    try:
-        reply = conn.recv_bytes(MAX_HANDSHAKE_FRAME)
-    except (ProtocolError, EOFError) as exc:
-        raise AuthenticationError("handshake failed: %s" % exc) from None
-    if len(reply) < DIGEST_SIZE + NONCE_SIZE or len(reply) > DIGEST_SIZE + NONCE_SIZE + MAX_HELLO:
-        raise AuthenticationError("malformed handshake reply")
-    if not _hmac.compare_digest(reply[:DIGEST_SIZE], _digest(authkey, b"C", nonce)):
-        try:
-            conn.send_bytes(FAILURE)
-        except OSError:
-            pass
-        raise AuthenticationError("digest received was wrong")
-    client_nonce = reply[DIGEST_SIZE:DIGEST_SIZE + NONCE_SIZE]
-    conn.send_bytes(WELCOME + _digest(authkey, b"S", client_nonce))
-    return reply[DIGEST_SIZE + NONCE_SIZE:]
-
-
-def answer_challenge(Connection conn, authkey, hello=b""):
-    """Client side: answer the server's challenge and check its proof."""
-    _check_key(authkey)
-    if len(hello) > MAX_HELLO:
-        raise ValueError("hello is longer than %d bytes" % MAX_HELLO)
-    try:
-        challenge = conn.recv_bytes(MAX_HANDSHAKE_FRAME)
-    except ProtocolError as exc:
-        raise AuthenticationError("handshake failed: %s" % exc) from None
-    if len(challenge) != len(MAGIC) + NONCE_SIZE or challenge[:len(MAGIC)] != MAGIC:
-        raise AuthenticationError("the peer is not a fastmgr server of protocol %d" % MAGIC[-1])
-    nonce = _os.urandom(NONCE_SIZE)
-    conn.send_bytes(_digest(authkey, b"C", challenge[len(MAGIC):]) + nonce + bytes(hello))
-    try:
-        answer = conn.recv_bytes(MAX_HANDSHAKE_FRAME)
-    except ProtocolError as exc:
-        raise AuthenticationError("handshake failed: %s" % exc) from None
-    if answer == FAILURE:
-        raise AuthenticationError("digest sent was rejected")
-    if not (answer.startswith(WELCOME) and
-            _hmac.compare_digest(answer[len(WELCOME):], _digest(authkey, b"S", nonce))):
-        raise AuthenticationError("the server did not prove it knows the key")
 
 
 # ---------------------------------------------------------------------------

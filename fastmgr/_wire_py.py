@@ -6,7 +6,6 @@ same bytes and raise the same exceptions; when the two disagree, the text of
 ``_protocol.py`` decides, then this file.
 """
 import collections
-import hmac
 import os
 import select
 import socket
@@ -16,16 +15,11 @@ import time
 import traceback
 
 from . import _pickling
+from ._handshake import answer_challenge, deliver_challenge  # noqa: F401 (WIRE_API)
 from ._protocol import (
     COPY_THRESHOLD,
     DEFAULT_MAX_MESSAGE,
-    DIGEST_SIZE,
-    FAILURE,
-    MAGIC,
     MAX_DEPTH,
-    MAX_HANDSHAKE_FRAME,
-    MAX_HELLO,
-    NONCE_SIZE,
     REQ_CALL,
     REQ_ONEWAY,
     RESP_ERROR,
@@ -45,9 +39,8 @@ from ._protocol import (
     T_STR,
     T_TRUE,
     T_TUPLE,
-    WELCOME,
 )
-from .errors import AuthenticationError, MessageTooLarge, ProtocolError, UnsafeValueError
+from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 
 IMPLEMENTATION = "python"
 
@@ -547,73 +540,6 @@ class Connection:
         """send_request(REQ_CALL, ...) then recv_response()."""
         self.send_request(REQ_CALL, ident, method, args, kwds)
         return self.recv_response()
-
-
-# ---------------------------------------------------------------------------
-# the handshake
-
-
-def _digest(authkey, prefix, nonce):
-    return hmac.new(authkey, prefix + nonce, "sha256").digest()
-
-
-def _check_authkey(authkey):
-    if not isinstance(authkey, bytes):
-        raise TypeError("authkey must be bytes, not %s" % type(authkey).__name__)
-
-
-def _recv_handshake_frame(conn):
-    """One handshake frame; a too long or broken one is an AuthenticationError."""
-    try:
-        return conn.recv_bytes(MAX_HANDSHAKE_FRAME)
-    except ProtocolError as exc:
-        raise AuthenticationError("malformed handshake frame: %s" % exc) from None
-
-
-def deliver_challenge(conn, authkey):
-    """Server side of the handshake; returns the client's hello bytes."""
-    _check_authkey(authkey)
-    server_nonce = os.urandom(NONCE_SIZE)
-    conn.send_bytes(MAGIC + server_nonce)
-    try:
-        answer = _recv_handshake_frame(conn)
-    except EOFError:
-        raise AuthenticationError("the client closed during the handshake") from None
-    fixed = DIGEST_SIZE + NONCE_SIZE
-    if not fixed <= len(answer) <= fixed + MAX_HELLO:
-        raise AuthenticationError("malformed handshake answer (%d bytes)" % len(answer))
-    digest = answer[:DIGEST_SIZE]
-    client_nonce = answer[DIGEST_SIZE:fixed]
-    hello = answer[fixed:]
-    if not hmac.compare_digest(digest, _digest(authkey, b"C", server_nonce)):
-        try:
-            conn.send_bytes(FAILURE)
-        except OSError:
-            pass
-        raise AuthenticationError("digest received was wrong")
-    conn.send_bytes(WELCOME + _digest(authkey, b"S", client_nonce))
-    return hello
-
-
-def answer_challenge(conn, authkey, hello=b""):
-    """Client side of the handshake."""
-    _check_authkey(authkey)
-    hello = bytes(memoryview(hello))
-    if len(hello) > MAX_HELLO:
-        raise ValueError("hello is %d bytes, more than %d" % (len(hello), MAX_HELLO))
-    challenge = _recv_handshake_frame(conn)
-    if len(challenge) != len(MAGIC) + NONCE_SIZE or not challenge.startswith(MAGIC):
-        raise AuthenticationError("the server is not a fastmgr server of protocol %d" % MAGIC[-1])
-    server_nonce = challenge[len(MAGIC) :]
-    client_nonce = os.urandom(NONCE_SIZE)
-    conn.send_bytes(_digest(authkey, b"C", server_nonce) + client_nonce + hello)
-    reply = _recv_handshake_frame(conn)
-    if reply == FAILURE:
-        raise AuthenticationError("digest sent was rejected")
-    if len(reply) != len(WELCOME) + DIGEST_SIZE or not reply.startswith(WELCOME):
-        raise AuthenticationError("malformed handshake reply (%d bytes)" % len(reply))
-    if not hmac.compare_digest(reply[len(WELCOME) :], _digest(authkey, b"S", client_nonce)):
-        raise AuthenticationError("the server's digest was wrong")
 
 
 # ---------------------------------------------------------------------------

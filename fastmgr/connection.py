@@ -14,6 +14,7 @@ from multiprocessing import util
 
 from . import _protocol as P
 from ._backend import wire
+from ._handshake import answer_challenge
 from .errors import ProtocolError
 
 __all__ = ["Listener", "Client", "address_family", "default_address"]
@@ -205,7 +206,7 @@ def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=No
     ring = ring and can_ring(conn, sock)
     try:
         conn.timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
-        wire.answer_challenge(conn, bytes(authkey), hello + (P.RING_HELLO if ring else b""))
+        answer_challenge(conn, bytes(authkey), hello + (P.RING_HELLO if ring else b""))
         if ring:
             offer_ring(conn, sock)
         conn.timeout = None

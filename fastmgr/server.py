@@ -22,6 +22,7 @@ from multiprocessing import pool, process
 
 from . import _protocol as P
 from ._backend import wire
+from ._handshake import deliver_challenge
 from .connection import HANDSHAKE_TIMEOUT, Listener, answer_ring
 from .errors import AuthenticationError, ProtocolError
 
@@ -186,7 +187,7 @@ class Server:
             if self.spin_us is not None:
                 conn.spin_us = self.spin_us
             conn.timeout = HANDSHAKE_TIMEOUT
-            session = bytes(wire.deliver_challenge(conn, bytes(self.authkey)))
+            session = bytes(deliver_challenge(conn, bytes(self.authkey)))
             if self.ssl_context is None and session.endswith(P.RING_HELLO):
                 session = session[:-len(P.RING_HELLO)]
                 answer_ring(conn, sock)

@@ -402,6 +402,47 @@ def test_client_against_a_hand_made_server(wire, transport):
         theirs.close()
 
 
+def test_client_refuses_a_proof_with_trailing_bytes(wire, transport):
+    """The server's proof is exactly WELCOME and a digest: a right digest
+    with a byte after it is refused too."""
+    ours, theirs = raw_pair(transport)
+    conn = wire.Connection(ours)
+    peer = multiprocessing.connection.Connection(os.dup(theirs.fileno()))
+    try:
+        peer.send_bytes(P.MAGIC + os.urandom(P.NONCE_SIZE))
+        client = Worker(wire.answer_challenge, conn, KEY)
+        nc = peer.recv_bytes()[32:64]
+        peer.send_bytes(P.WELCOME + hmac.new(KEY, b"S" + nc, "sha256").digest() + b"x")
+        with pytest.raises(AuthenticationError):
+            client.outcome()
+    finally:
+        peer.close()
+        conn.close()
+        theirs.close()
+
+
+def test_both_wires_run_the_one_handshake(wire):
+    from fastmgr import _handshake
+
+    assert wire.deliver_challenge is _handshake.deliver_challenge
+    assert wire.answer_challenge is _handshake.answer_challenge
+
+
+def test_handshake_needs_only_send_bytes_and_recv_bytes():
+    """_handshake works over any connection with send_bytes/recv_bytes:
+    here the stdlib's."""
+    from fastmgr import _handshake
+
+    a, b = multiprocessing.connection.Pipe()
+    try:
+        server = Worker(_handshake.deliver_challenge, a, KEY)
+        _handshake.answer_challenge(b, KEY, b"hi")
+        assert server.outcome() == b"hi"
+    finally:
+        a.close()
+        b.close()
+
+
 BAD_CHALLENGES = [
     P.MAGIC + b"x" * 31,  # short nonce
     P.MAGIC + b"x" * 33,  # long nonce
