@@ -2,13 +2,26 @@
 
 ``FASTMGR_CYTHON_ANNOTATE=1`` writes the HTML annotation next to the source;
 ``FASTMGR_DEBUG=1`` builds with assertions and ``-O0 -g`` for gdb and valgrind.
+Both are switches spelled as in ``fastmgr/_settings.py`` (1/true/yes/on,
+0/false/no/off; unset or empty: off), which the build cannot import.
 """
 import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-debug = os.environ.get("FASTMGR_DEBUG") == "1"
+
+def switch(name):
+    text = os.environ.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError("%s=%r: expected 1, true, yes or on (on) or 0, false, no or off (off)"
+                     % (name, text))
+
+
+debug = switch("FASTMGR_DEBUG")
 
 extension = Extension(
     "fastmgr._wire",
@@ -21,7 +34,7 @@ setup(
     ext_modules=cythonize(
         [extension],
         language_level=3,
-        annotate=os.environ.get("FASTMGR_CYTHON_ANNOTATE") == "1",
+        annotate=switch("FASTMGR_CYTHON_ANNOTATE"),
         compiler_directives={"embedsignature": True},
     ),
 )

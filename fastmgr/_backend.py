@@ -1,14 +1,13 @@
 """Chooses the wire implementation, once, at import.
 
-``FASTMGR_PUREPYTHON=1`` forces the pure-Python twin ``_wire_py``.  Without
+``FASTMGR_PUREPYTHON=1`` (see ``_settings``) forces the pure-Python twin ``_wire_py``.  Without
 it the compiled ``_wire`` is required: a missing extension is an error, not
 a silent slowdown.  ``describe()`` says which one is in use and from where.
 """
-import os
-
 from ._protocol import WIRE_API
+from ._settings import PUREPYTHON
 
-if os.environ.get("FASTMGR_PUREPYTHON", "") not in ("", "0"):
+if PUREPYTHON:
     from . import _wire_py as wire
 else:
     try:

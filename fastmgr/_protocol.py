@@ -127,6 +127,9 @@ DEFAULT_MAX_MESSAGE = 1 << 30
 COPY_THRESHOLD = 64 * 1024
 #: deepest native nesting before the value is pickled whole
 MAX_DEPTH = 64
+#: the largest spin budget a wait may have, µs (not a wire format, but a
+#: limit both wires enforce alike: set_spin(), FASTMGR_SPIN_US)
+MAX_SPIN_US = 10000
 
 # value tags
 T_NONE = 0x00

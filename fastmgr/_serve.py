@@ -5,6 +5,8 @@ import os
 import signal
 import sys
 
+from ._settings import authkey_from
+
 log = logging.getLogger("fastmgr.serve")
 
 
@@ -23,11 +25,11 @@ def read_authkey(args):
     if args.authkey_file:
         with open(args.authkey_file, "rb") as f:
             return f.read().rstrip(b"\r\n")
-    value = os.environ.get(args.authkey_env)
-    if not value:
+    authkey = authkey_from(args.authkey_env)
+    if authkey is None:
         raise SystemExit("fastmgr serve: no authkey: set %s or pass --authkey-file"
                          % args.authkey_env)
-    return os.fsencode(value)
+    return authkey
 
 
 def load_manager_class(spec):

@@ -40,6 +40,7 @@ import traceback as _traceback
 from . import _pickling
 from ._handshake import answer_challenge, deliver_challenge
 from ._protocol import COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SERIALIZERS
+from ._settings import SPIN_US, SPIN_YIELD
 from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 
 IMPLEMENTATION = "compiled"
@@ -515,8 +516,8 @@ cdef uint64_t U32_LIMIT = 0x100000000
 # Spin policy
 
 cdef int g_spins = 0   # spins since _refresh_max_spinners() last ran
-cdef bint g_spin_yield = _os.environ.get("FASTMGR_SPIN_YIELD", "1") != "0"
-cdef int g_spin_us = max(0, min(MAX_SPIN_US, int(_os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
+cdef bint g_spin_yield = SPIN_YIELD
+cdef int g_spin_us = SPIN_US
 
 
 # the machine's CPUs, looked up once (os.cpu_count() reads a file)

@@ -6,7 +6,6 @@ same bytes and raise the same exceptions; when the two disagree, the text of
 ``_protocol.py`` decides, then this file.
 """
 import collections
-import os
 import select
 import socket
 import ssl
@@ -16,10 +15,12 @@ import traceback
 
 from . import _pickling
 from ._handshake import answer_challenge, deliver_challenge  # noqa: F401 (WIRE_API)
+from ._settings import SPIN_US
 from ._protocol import (
     COPY_THRESHOLD,
     DEFAULT_MAX_MESSAGE,
     MAX_DEPTH,
+    MAX_SPIN_US,
     REQ_CALL,
     REQ_ONEWAY,
     RESP_ERROR,
@@ -63,10 +64,7 @@ _frame_len64 = struct.Struct("!Q")
 # spin budget (the compiled wire busy-polls this long before blocking; the
 # python wire keeps the number but always blocks at once)
 
-#: the largest spin budget (µs), as in the compiled wire
-MAX_SPIN_US = 10000
-
-_spin_us = max(0, min(MAX_SPIN_US, int(os.environ.get("FASTMGR_SPIN_US", "50") or 0)))
+_spin_us = SPIN_US
 
 
 def set_spin(microseconds):

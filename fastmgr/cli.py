@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from ._settings import AUTHKEY_VARIABLE
+
 
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -40,8 +42,9 @@ def build_parser():
     serve.add_argument("--address", required=True, metavar="HOST:PORT",
                        help="where to listen: HOST:PORT (IPv6 as [::1]:PORT), or a path for a "
                             "unix socket")
-    serve.add_argument("--authkey-env", default="FASTMGR_AUTHKEY", metavar="VAR",
-                       help="environment variable holding the authkey (default: FASTMGR_AUTHKEY)")
+    serve.add_argument("--authkey-env", default=AUTHKEY_VARIABLE, metavar="VAR",
+                       help="environment variable holding the authkey (default: %s)"
+                            % AUTHKEY_VARIABLE)
     serve.add_argument("--authkey-file", metavar="PATH",
                        help="file holding the authkey (its bytes, trailing newline dropped); "
                             "takes precedence over the environment variable")

@@ -13,19 +13,20 @@ from multiprocessing import connection as _mpc
 from multiprocessing import util
 
 from . import _protocol as P
+from . import _settings
 from ._backend import wire
 from ._handshake import answer_challenge
 from .errors import ProtocolError
 
 __all__ = ["Listener", "Client", "address_family", "default_address"]
 
-#: how long an unauthenticated peer may take over the handshake (seconds);
-#: ``FASTMGR_HANDSHAKE_TIMEOUT`` (read at import) overrides the default
-HANDSHAKE_TIMEOUT = float(os.environ.get("FASTMGR_HANDSHAKE_TIMEOUT", "") or 20.0)
+#: how long an unauthenticated peer may take over the handshake (seconds;
+#: ``FASTMGR_HANDSHAKE_TIMEOUT``)
+HANDSHAKE_TIMEOUT = _settings.HANDSHAKE_TIMEOUT
 
 #: whether connections over unix sockets may carry their bytes through
-#: shared memory (``FASTMGR_RING=0``, read at import, turns it off)
-RINGS = os.environ.get("FASTMGR_RING", "1") != "0"
+#: shared memory (``FASTMGR_RING=0`` turns it off)
+RINGS = _settings.RING
 
 _RING_OFFER_FRAME = struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER
 # a ring file's size can never change once offered: a file that shrank under

@@ -51,10 +51,10 @@ def test_compiled_source_enum_agrees_with_protocol():
         pytest.skip("no _wire.pyx next to the package")
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    found = dict(re.findall(r"^\s+((?:T|REQ|RESP)_[A-Z0-9_]+)\s*=\s*(0x[0-9A-Fa-f]+|\d+)\s*$",
+    found = dict(re.findall(r"^\s+((?:T|REQ|RESP)_[A-Z0-9_]+|MAX_SPIN_US)\s*=\s*(0x[0-9A-Fa-f]+|\d+)\s*$",
                             source, re.MULTILINE))
     expected = {name: value for name, value in vars(P).items()
-                if re.match(r"(T|REQ|RESP)_[A-Z0-9_]+$", name)}
+                if re.match(r"((T|REQ|RESP)_[A-Z0-9_]+|MAX_SPIN_US)$", name)}
     assert set(found) == set(expected)
     for name, text in found.items():
         assert int(text, 0) == expected[name], name
