@@ -173,6 +173,7 @@ WIRE_API = (
     "deliver_challenge",
     "answer_challenge",
     "serve_connection",
+    "Entry",
     "Hub",
     "set_spin",
     "get_spin",

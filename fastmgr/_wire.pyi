@@ -3,7 +3,7 @@
 The byte formats are specified in ``fastmgr/_protocol.py``.
 """
 import socket
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 IMPLEMENTATION: str  # "compiled" or "python"
 
@@ -94,16 +94,23 @@ def answer_challenge(conn: Connection, authkey: bytes, hello: bytes = b"") -> No
     """Client side of the handshake. Raises multiprocessing.AuthenticationError
     (EOFError if the server closes before its challenge)."""
 
-def serve_connection(conn: Connection, table: dict, control: tuple,
+class Entry:
+    """One row of a server's object table (read-only fields)."""
+
+    obj: Any
+    exposed: Any  # a set of method names callers may call
+    method_to_typeid: Optional[Dict[str, str]]  # results shared in turn, or None
+    thread_bound: bool  # calls on obj need the connection's own thread (see Hub)
+    def __init__(self, obj: Any, exposed: Any, method_to_typeid: Optional[Dict[str, str]] = None,
+                 thread_bound: bool = False) -> None: ...
+
+def serve_connection(conn: Connection, table: Dict[int, Entry], control: Entry,
                      fallback: Callable[[int, Any, str, tuple, dict], Any],
                      make_proxy: Callable[[str, Any], tuple]) -> None:
     """The server's loop for one connection, until the peer closes.
 
-    ``table`` maps ident -> (obj, exposed, method_to_typeid, thread_bound):
-    ``exposed`` is a set of method names, ``method_to_typeid`` a dict or
-    None, ``thread_bound`` whether calls on obj need the connection's own
-    thread (see Hub).  Ident 0 is
-    ``control``, an entry of the same shape.  For a method not in
+    ``table`` maps ident -> Entry.  Ident 0 is ``control``, the
+    connection's own Entry.  For a method not in
     ``exposed``, ``fallback(ident, obj, method, args, kwds)`` answers (it
     raises AttributeError for names it does not know).  A result of a method
     named in ``method_to_typeid`` is registered by
@@ -125,9 +132,9 @@ class Hub:
     thread).  The pure-Python hub gives every connection its own thread."""
 
     closed: bool
-    def __init__(self, table: dict, fallback: Callable[..., Any],
+    def __init__(self, table: Dict[int, Entry], fallback: Callable[..., Any],
                  start_thread: Callable[..., None], spin_us: Optional[int] = None) -> None: ...
-    def add(self, conn: Connection, control: tuple, make_proxy: Callable[[str, Any], tuple],
+    def add(self, conn: Connection, control: Entry, make_proxy: Callable[[str, Any], tuple],
             finished: Callable[[Optional[BaseException]], None]) -> None:
         """Serve conn; ``finished(exc)`` is called once when that ends, with
         the exception that ended it or None when the peer closed.  The hub

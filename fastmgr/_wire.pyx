@@ -2464,7 +2464,27 @@ cdef class Pipeline:
 # ---------------------------------------------------------------------------
 # The server's loop for one connection
 
-def serve_connection(Connection conn, dict table, tuple control, fallback, make_proxy):
+@cython.final
+cdef class Entry:
+    """One row of a server's object table: a shared object and how it may
+    be called (see serve_connection)."""
+    cdef readonly object obj                # the shared object
+    cdef readonly object exposed            # the method names callers may call (a set)
+    cdef readonly object method_to_typeid   # {method: typeid} whose results are shared in turn, or None
+    cdef readonly bint thread_bound         # its calls need the connection's own thread (see Hub)
+
+    def __init__(self, obj, exposed, method_to_typeid=None, bint thread_bound=False):
+        self.obj = obj
+        self.exposed = exposed
+        self.method_to_typeid = method_to_typeid
+        self.thread_bound = thread_bound
+
+    def __repr__(self):
+        return "Entry(%r, %r, %r, %r)" % (self.obj, self.exposed, self.method_to_typeid,
+                                          self.thread_bound)
+
+
+def serve_connection(Connection conn, dict table, Entry control, fallback, make_proxy):
     """Receive, decode, look up, check exposure, call, encode, send; until
     the peer closes (see _wire.pyi for the contract)."""
     cdef Py_ssize_t start, size
@@ -2484,7 +2504,7 @@ def serve_connection(Connection conn, dict table, tuple control, fallback, make_
 
 
 cdef int _serve_frame(Connection conn, Py_ssize_t start, Py_ssize_t size, dict table,
-                      tuple control, fallback, make_proxy, _Reply reply) except -1:
+                      Entry control, fallback, make_proxy, _Reply reply) except -1:
     """Decode and run the request in rbuf[start:start + size]; queue its
     reply in wbuf (not sent yet)."""
     cdef int kind, rkind
@@ -2547,17 +2567,17 @@ cdef class _Reply:
     cdef object value
 
 
-cdef int _dispatch(tuple request, dict table, tuple control, fallback, make_proxy,
+cdef int _dispatch(tuple request, dict table, Entry control, fallback, make_proxy,
                    _Reply out) except -1:
     """Run one decoded request; store the reply value in out and return
     the reply kind."""
-    cdef tuple entry
+    cdef Entry entry
     cdef object ident = request[1], method = request[2], args = request[3], kwds = request[4]
     cdef object obj, exposed, m2t, typeid, result
     try:
-        entry = control if ident == 0 else table[ident]
-        obj = entry[0]
-        exposed = entry[1]
+        entry = control if ident == 0 else <Entry?>table[ident]
+        obj = entry.obj
+        exposed = entry.exposed
     except Exception:
         out.value = _traceback.format_exc()
         return RESP_FAILURE
@@ -2578,7 +2598,7 @@ cdef int _dispatch(tuple request, dict table, tuple control, fallback, make_prox
     except Exception as exc:
         out.value = (exc, _traceback.format_exc())
         return RESP_ERROR
-    m2t = entry[2]
+    m2t = entry.method_to_typeid
     if m2t is not None:
         typeid = m2t.get(method)
         if typeid is not None:
@@ -2610,7 +2630,7 @@ cdef enum:
 cdef class _Served:
     """A connection in a hub's care."""
     cdef Connection conn
-    cdef tuple control
+    cdef Entry control
     cdef object make_proxy
     cdef object finished        # finished(exc or None), once, when serving ends
     cdef uint64_t token
@@ -2633,7 +2653,7 @@ cdef class Hub:
     first, then in epoll) serves whatever is ready without either.  Calls
     that may block, or that must run on one thread throughout, would stall
     everyone here, so a connection leaves the hub for a thread of its own
-    when (a) a request names a thread-bound object (entry[3] true: locks,
+    when (a) a request names a thread-bound object (Entry.thread_bound: locks,
     queues, ...), or (b) a call or send runs long: the watchdog then starts
     a new loop thread and the old one stays with that connection."""
     cdef int epfd
@@ -2760,7 +2780,7 @@ cdef class Hub:
         for i in range(self.nrings):
             fm_flag_set(&self.ring_rx[i].reader_waiting, v)
 
-    def add(self, Connection conn, tuple control, make_proxy, finished):
+    def add(self, Connection conn, Entry control, make_proxy, finished):
         """Serve conn from now on; finished(exc) is called when that ends."""
         cdef epoll_event ev
         cdef _Served s = _Served()
@@ -2937,7 +2957,7 @@ cdef class Hub:
         cdef Connection conn = s.conn
         cdef Py_ssize_t got = -1, start, size
         cdef int state
-        cdef tuple entry
+        cdef object entry
         self.current = s
         fm_store(&self.call_seq, self.call_seq + 1)
         fm_store(&self.busy, 1)
@@ -2963,7 +2983,7 @@ cdef class Hub:
                 if state < 0 or conn.rend - conn.rstart < 13:
                     return OWN_THREAD
                 entry = self.table.get(fm_get_u64le(conn.rbuf + conn.rstart + 5))
-                if entry is not None and len(entry) > 3 and entry[3]:
+                if type(entry) is Entry and (<Entry>entry).thread_bound:
                     return OWN_THREAD
                 conn._recv_frame(conn.max_message, &start, &size)
                 _serve_frame(conn, start, size, self.table, s.control, self.fallback,

@@ -544,12 +544,36 @@ class Connection:
 # the server loop
 
 
+class Entry:
+    """One row of a server's object table: a shared object and how it may
+    be called (see serve_connection).  Its fields are read-only."""
+
+    __slots__ = ("obj", "exposed", "method_to_typeid", "thread_bound")
+
+    def __init__(self, obj, exposed, method_to_typeid=None, thread_bound=False):
+        setattr_ = object.__setattr__
+        setattr_(self, "obj", obj)                    # the shared object
+        setattr_(self, "exposed", exposed)            # the method names callers may call (a set)
+        setattr_(self, "method_to_typeid", method_to_typeid)  # results shared in turn, or None
+        setattr_(self, "thread_bound", bool(thread_bound))    # calls need their own thread
+
+    def __setattr__(self, name, value):
+        raise AttributeError("an Entry's fields are read-only")
+
+    def __repr__(self):
+        return "Entry(%r, %r, %r, %r)" % (self.obj, self.exposed, self.method_to_typeid,
+                                          self.thread_bound)
+
+
 def _dispatch(request, table, control, fallback, make_proxy):
     """(response kind, value) for one decoded request."""
     _, ident, method, args, kwds = request
     kwds = kwds or {}
     try:
-        obj, exposed, method_to_typeid = (control if ident == 0 else table[ident])[:3]
+        entry = control if ident == 0 else table[ident]
+        if type(entry) is not Entry:
+            raise TypeError("the object table holds a %s, not an Entry" % type(entry).__name__)
+        obj, exposed, method_to_typeid = entry.obj, entry.exposed, entry.method_to_typeid
     except Exception:
         return RESP_FAILURE, traceback.format_exc()
     if method not in exposed:

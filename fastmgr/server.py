@@ -1,8 +1,8 @@
 """The manager server: accept loop, the hub that serves connections, object table.
 
 Every shared object has an integer ident and an entry
-``table[ident] = (obj, exposed, method_to_typeid, thread_bound)`` that the
-compiled serve loop reads without a lock (a dict lookup is atomic).
+``table[ident] = wire.Entry(obj, exposed, method_to_typeid, thread_bound)``
+that the compiled serve loop reads without a lock (a dict lookup is atomic).
 Connections are served by the wire's ``Hub``: one loop thread for all of
 them, and a thread of their own for those that use a thread-bound object
 (a lock, a queue: anything whose methods may block or belong to a thread)
@@ -90,7 +90,7 @@ class Control:
         self._server.decref_many(self._session, idents)
 
     def get_methods(self, ident):
-        return tuple(self._server.table[ident][1])
+        return tuple(self._server.table[ident].exposed)
 
     def dummy(self):
         return None
@@ -125,7 +125,7 @@ class Server:
         self.ssl_context = ssl_context
         self.spin_us = spin_us
         self.address = self.listener.address
-        self.table = {}         # ident -> (obj, exposed set, method_to_typeid)
+        self.table = {}         # ident -> wire.Entry
         self.refcount = {}      # ident -> references held by all sessions
         self.sessions = {}      # session id -> Session
         self.dead_local = []    # idents whose in-server proxy died; see flush_local()
@@ -201,7 +201,7 @@ class Server:
         control = self.control_class(self, session)
         finished = functools.partial(self._finished, session, conn, peer)
         try:
-            self.hub.add(conn, (control, control.exposed, None, False),
+            self.hub.add(conn, wire.Entry(control, control.exposed),
                          functools.partial(self.make_proxy, session), finished)
         except Exception as exc:
             conn.close()
@@ -249,7 +249,8 @@ class Server:
         ident = next(self._idents)
         thread_bound = isinstance(obj, THREAD_BOUND) or getattr(
             type(obj), "_fastmgr_thread_bound_", False)
-        self.table[ident] = (obj, frozenset(exposed), method_to_typeid, bool(thread_bound))
+        self.table[ident] = wire.Entry(obj, frozenset(exposed), method_to_typeid,
+                                       bool(thread_bound))
         return ident, tuple(exposed)
 
     def create(self, session, typeid, /, *args, **kwds):
@@ -353,7 +354,7 @@ class Server:
         with self.mutex:
             lines = []
             for ident, count in sorted(self._client_held().items()):
-                obj = self.table[ident][0]
+                obj = self.table[ident].obj
                 lines.append("  %s:       refcount=%s\n    %s" % (ident, count, str(obj)[:75]))
         return "\n".join(lines)
 
@@ -367,7 +368,7 @@ class Server:
         if method == "__repr__":
             return repr(obj)
         raise AttributeError("method %r of %r object is not in exposed=%r" % (
-            method, type(obj), tuple(self.table[ident][1]) if ident in self.table else ()))
+            method, type(obj), tuple(self.table[ident].exposed) if ident in self.table else ()))
 
     def owns(self, address):
         """Whether a token's address names this server."""

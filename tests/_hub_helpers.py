@@ -170,11 +170,11 @@ def watchdog_paused_in_check():
     def start_thread(fn, *args):
         threading.Thread(target=fn, args=args, daemon=True).start()
 
-    hub = wire.Hub({1: (Obj(), frozenset(["block", "thread"]), None, False)}, None, start_thread)
+    hub = wire.Hub({1: wire.Entry(Obj(), frozenset(["block", "thread"]))}, None, start_thread)
     clients = []
     for _ in range(2):
         ours, theirs = socket.socketpair()
-        hub.add(wire.Connection(ours), (None, frozenset(), None, False), None, lambda exc: None)
+        hub.add(wire.Connection(ours), wire.Entry(None, frozenset()), None, lambda exc: None)
         clients.append(wire.Connection(theirs, timeout=WAIT))
     blocked, other = clients
     assert blocked.call(1, "block") == (P.RESP_RETURN, True)

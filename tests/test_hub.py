@@ -127,10 +127,11 @@ class Rig:
         self.bound = Box()      # the same class, thread-bound
         self.rlock = threading.RLock()
         self.table = {
-            BOX: (self.box, BOX_METHODS, {"make": "List"}, False),
-            BOUND: (self.bound, BOX_METHODS, None, True),
-            RLOCK: (self.rlock, frozenset(["acquire", "release", "_is_owned"]), None, True),
-            OTHER: (Box(), BOX_METHODS, None, False),
+            BOX: wire.Entry(self.box, BOX_METHODS, {"make": "List"}, False),
+            BOUND: wire.Entry(self.bound, BOX_METHODS, None, True),
+            RLOCK: wire.Entry(self.rlock, frozenset(["acquire", "release", "_is_owned"]), None,
+                              True),
+            OTHER: wire.Entry(Box(), BOX_METHODS, None, False),
         }
         self.threads = []
         self.lock = threading.Lock()
@@ -168,7 +169,7 @@ class Rig:
         self.servers.append(server)
         self.clients.append(client)
         control = Control(str(number))
-        self.hub.add(server, (control, control.exposed, None, False), self.make_proxy,
+        self.hub.add(server, self.wire.Entry(control, control.exposed), self.make_proxy,
                      functools.partial(self._finished, number))
         return client
 
@@ -188,8 +189,8 @@ class Rig:
         """Close the clients, wait until every connection ended, close the
         hub and join its threads; finished() came exactly once each."""
         for entry in self.table.values():
-            if isinstance(entry[0], Box):
-                entry[0].event.set()  # a call still waiting returns
+            if isinstance(entry.obj, Box):
+                entry.obj.event.set()  # a call still waiting returns
         for client in self.clients:
             client.close()
         try:
@@ -279,7 +280,7 @@ def test_stats_and_add_after_close(wire, compiled):
     server = wire.Connection(ours)
     try:
         with pytest.raises(OSError):
-            rig.hub.add(server, (Control("x"), Control.exposed, None, False),
+            rig.hub.add(server, wire.Entry(Control("x"), Control.exposed),
                         rig.make_proxy, lambda exc: None)
     finally:
         server.close()
@@ -450,7 +451,7 @@ def test_blocking_call_does_not_deadlock(rig, compiled):
 def test_two_blocking_calls_at_once(rig, compiled):
     """Each stuck loop thread is replaced in turn."""
     a, b, c = rig.connect(), rig.connect(), rig.connect()
-    other = rig.table[OTHER][0]
+    other = rig.table[OTHER].obj
     a.send_request(P.REQ_CALL, BOX, "wait", (WAIT,))
     wait_for(rig.box.waiting.is_set)
     b.send_request(P.REQ_CALL, OTHER, "wait", (WAIT,))

@@ -592,9 +592,10 @@ def served(impls, transport):
         proxies.append((typeid, result))
         return typeid, 1000 + len(proxies), ("append",)
 
-    table = {7: (thing, {"add", "raise_keyerror", "unpicklable_result", "make_child", "record"},
-                 {"make_child": "Child"})}
-    control = (Control(), {"echo"}, None)
+    table = {7: server_wire.Entry(thing, {"add", "raise_keyerror", "unpicklable_result",
+                                          "make_child", "record"}, {"make_child": "Child"}),
+             8: (thing, {"add"}, None, False)}  # a row that is not an Entry
+    control = server_wire.Entry(Control(), {"echo"})
     worker = Worker(server_wire.serve_connection, server_conn, table, control, fallback, make_proxy)
     state = {"thing": thing, "proxies": proxies, "worker": worker, "server_conn": server_conn}
     yield client, state
@@ -623,6 +624,26 @@ def test_serve_failures(served):
     assert kind == P.RESP_FAILURE and "KeyError" in text
     kind, text = client.call(7, "hidden")  # not exposed: the fallback refuses it
     assert kind == P.RESP_FAILURE and "AttributeError" in text and "hidden" in text
+    assert client.call(7, "add", (1, 1)) == (P.RESP_RETURN, 2)  # still serving
+
+
+def test_entry_is_a_named_read_only_record(wire):
+    entry = wire.Entry("obj", frozenset(["m"]), {"m": "T"}, True)
+    assert (entry.obj, entry.exposed, entry.method_to_typeid, entry.thread_bound) == (
+        "obj", frozenset(["m"]), {"m": "T"}, True)
+    plain = wire.Entry("obj", {"m"})
+    assert plain.method_to_typeid is None and plain.thread_bound is False
+    with pytest.raises(AttributeError):
+        entry.obj = "another"
+    with pytest.raises(TypeError):
+        entry[0]  # a record, not a tuple
+    assert repr(entry).startswith("Entry(")
+
+
+def test_serve_refuses_a_table_row_that_is_not_an_entry(served):
+    client, state = served
+    kind, text = client.call(8, "add", (1, 2))
+    assert kind == P.RESP_FAILURE and "TypeError" in text
     assert client.call(7, "add", (1, 1)) == (P.RESP_RETURN, 2)  # still serving
 
 

@@ -197,10 +197,10 @@ def _make_proxy(typeid, obj):
     return (typeid, 99, ("echo",))
 
 
-def _table():
+def _table(mod):
     return {
-        1: (Echo(), frozenset(["echo", "boom"]), None),
-        2: (Echo(), frozenset(["make"]), {"make": "Echo"}),
+        1: mod.Entry(Echo(), frozenset(["echo", "boom"])),
+        2: mod.Entry(Echo(), frozenset(["make"]), {"make": "Echo"}),
     }
 
 
@@ -222,8 +222,8 @@ def _server_run(mod, serializer, stream):
             return ("auth-failed", None), _read_all(cli)
         conn.timeout = 5  # bounds a blocked send only: all the input is there
         try:
-            result = mod.serve_connection(conn, _table(), (_Control(), frozenset(["dummy"]), None),
-                                          _fallback, _make_proxy)
+            control = mod.Entry(_Control(), frozenset(["dummy"]))
+            result = mod.serve_connection(conn, _table(mod), control, _fallback, _make_proxy)
         except ProtocolError as exc:
             result = type(exc).__name__
         if result is not None and result not in ("ProtocolError", "MessageTooLarge"):
