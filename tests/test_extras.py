@@ -10,7 +10,7 @@ import time
 import pytest
 
 import fastmgr
-from _extras_helpers import TRACKING, append_from_child, report_managers_module
+from helpers.extras import TRACKING, append_from_child, report_managers_module
 from conftest import child_env, managers_module
 
 pytestmark = pytest.mark.timeout(90)

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-import _hub_helpers as H
+from helpers import hub as H
 import fastmgr
 import conftest
 from conftest import Worker, child_env
@@ -519,7 +519,7 @@ def test_watchdog_replaces_only_a_loop_that_is_still_stuck(compiled_wire):
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
                                          env["PYTHONPATH"]])
     out = subprocess.run(
-        [sys.executable, "-c", "import _hub_helpers; _hub_helpers.watchdog_paused_in_check()"],
+        [sys.executable, "-c", "from helpers import hub; hub.watchdog_paused_in_check()"],
         env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])

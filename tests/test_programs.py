@@ -1,7 +1,7 @@
 """Whole programs written against the multiprocessing.managers API, run on
 fastmgr under both start methods and over unix and TCP sockets.
 
-The helpers the children run live in ``_programs`` (importable by name
+The helpers the children run live in ``helpers.programs`` (importable by name
 under ``spawn``).  Every wait is bounded and every process is stopped in a
 ``finally`` block.
 """
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-import _programs
-from _programs import AUTHKEY, CustomError, MyManager, QueueManager
+from helpers import programs
+from helpers.programs import AUTHKEY, CustomError, MyManager, QueueManager
 from conftest import child_result, receive
 from fastmgr import RemoteError
 
@@ -219,7 +219,7 @@ def test_remote_manager(method, transport, tmp_path):
     ctx = multiprocessing.get_context(method)
     procs = []
     try:
-        server, address, _ = _start_server(ctx, _programs.queue_server, transport, tmp_path,
+        server, address, _ = _start_server(ctx, programs.queue_server, transport, tmp_path,
                                            procs)
 
         # a client with the wrong key is refused, with the stdlib's exception
@@ -232,13 +232,13 @@ def test_remote_manager(method, transport, tmp_path):
 
         # then two clients with the right key: one gets what the other puts
         get_r, get_w = ctx.Pipe(duplex=False)
-        getter = ctx.Process(target=_programs.queue_getter,
+        getter = ctx.Process(target=programs.queue_getter,
                              args=(address, AUTHKEY, len(ITEMS), get_w))
         getter.start()
         procs.append(getter)
         get_w.close()
         put_r, put_w = ctx.Pipe(duplex=False)
-        putter = ctx.Process(target=_programs.queue_putter, args=(address, AUTHKEY, ITEMS, put_w))
+        putter = ctx.Process(target=programs.queue_putter, args=(address, AUTHKEY, ITEMS, put_w))
         putter.start()
         procs.append(putter)
         put_w.close()
@@ -279,13 +279,13 @@ def test_local_processes_and_remote_manager(method, transport, tmp_path):
     procs = []
     producer_pid = None
     try:
-        server, address, status = _start_server(ctx, _programs.producer_server, transport,
+        server, address, status = _start_server(ctx, programs.producer_server, transport,
                                                 tmp_path, procs, extra=(method, count))
         tag, producer_pid = receive(status, server)
         assert tag == "pid" and producer_pid > 0
 
         get_r, get_w = ctx.Pipe(duplex=False)
-        client = ctx.Process(target=_programs.queue_getter,
+        client = ctx.Process(target=programs.queue_getter,
                              args=(address, AUTHKEY, count + 1, get_w))
         client.start()
         procs.append(client)
@@ -318,7 +318,7 @@ def test_proxy_passed_to_child(method, transport):
         counter = m.Counter(100)
         assert counter.value() == 100
         out_r, out_w = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=_programs.bump, args=(counter, times, out_w))
+        child = ctx.Process(target=programs.bump, args=(counter, times, out_w))
         try:
             child.start()
             out_w.close()

@@ -1,7 +1,7 @@
 """A manager server survives whatever reaches its socket and whoever dies,
 and loses nothing.
 
-The server runs in its own process (``_reliability_helpers.ServerProcess``)
+The server runs in its own process (``helpers.reliability.ServerProcess``)
 with a short pre-authentication timeout (``FASTMGR_HANDSHAKE_TIMEOUT``), so
 that its memory and threads can be read from /proc and it can be killed.
 Every wait is bounded.  ``FASTMGR_LONG=1`` runs the long variants (full
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-import _reliability_helpers as H
+from helpers import reliability as H
 from fastmgr import AuthenticationError
 from fastmgr import _protocol as P
 from fastmgr.connection import Client

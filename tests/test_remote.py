@@ -31,11 +31,12 @@ from fastmgr import AuthenticationError, ManagerGone
 from fastmgr.connection import Client
 from fastmgr.errors import RemoteError, RemoteTraceback, UnsafeValueError
 
-import _remote_helpers as H
+from helpers import remote as H
 
 TESTS = Path(__file__).resolve().parent
-HELPERS = TESTS / "_remote_helpers.py"
-SPEC = "_remote_helpers:RemoteManager"
+#: run the programs of helpers/remote.py as [*PROGRAM, MODE, ...] from TESTS
+PROGRAM = [sys.executable, "-m", "helpers.remote"]
+SPEC = "helpers.remote:RemoteManager"
 
 #: what a refused connection may raise (anything but success)
 REFUSALS = (AuthenticationError, TimeoutError, ConnectionError, EOFError, ssl.SSLError)
@@ -79,7 +80,7 @@ def cli_address(host, port):
 
 def child_env(**extra):
     """The environment of a child: it imports fastmgr from where we do, and
-    _remote_helpers from the tests directory."""
+    helpers.remote from the tests directory."""
     env = dict(os.environ)
     env.pop("FASTMGR_AUTHKEY", None)
     fastmgr_home = str(Path(fastmgr.__file__).resolve().parents[1])
@@ -621,7 +622,7 @@ def _exited(pid):
 
 
 def test_manager_exits_when_its_parent_is_killed(host):
-    parent = subprocess.Popen([sys.executable, str(HELPERS), "orphan", host], cwd=str(TESTS),
+    parent = subprocess.Popen([*PROGRAM, "orphan", host], cwd=str(TESTS),
                               env=child_env(), stdout=subprocess.PIPE, text=True)
     manager_pid = None
     try:
@@ -770,7 +771,7 @@ def test_cut_link_between_hosts_times_out(netns_pair, servers):
     server = servers(SPEC, "--address", "%s:%d" % (SERVER_IP, port), env=env,
                      netns=ns_a).ready()
     client = subprocess.Popen(
-        ["ip", "netns", "exec", ns_b, sys.executable, str(HELPERS), "client", SERVER_IP,
+        ["ip", "netns", "exec", ns_b, *PROGRAM, "client", SERVER_IP,
          str(port)],
         cwd=str(TESTS), env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True)

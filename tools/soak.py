@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-import _reliability_helpers as H  # noqa: E402
+from helpers import reliability as H  # noqa: E402
 
 
 def plot(samples, path, title):

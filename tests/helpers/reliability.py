@@ -1,7 +1,7 @@
 """Helpers for tests/test_reliability.py and tools/soak.py.
 
-A manager server runs as its own process (``python _reliability_helpers.py
-serve``), so that the tests can read its memory and threads from /proc,
+A manager server runs as its own process (``python -m helpers.reliability
+serve`` from the tests directory), so that the tests can read its memory and threads from /proc,
 kill it, and give it a short pre-authentication timeout through
 ``FASTMGR_HANDSHAKE_TIMEOUT``.  What client processes run lives here too.
 Nothing here needs a package beyond the standard library and fastmgr.
@@ -21,7 +21,8 @@ from fastmgr import ManagerGone
 from fastmgr.sync import SyncManager
 
 AUTHKEY = b"reliability-key"
-HERE = os.path.dirname(os.path.abspath(__file__))
+#: the tests directory, where ``helpers`` is importable
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORK = multiprocessing.get_context("fork")
 
 
@@ -87,8 +88,8 @@ class ServerProcess:
         # file, as a pipe nobody reads would fill up and block it
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "_reliability_helpers.py"), "serve"],
-            stdout=subprocess.PIPE, stderr=self.log, env=env)
+            [sys.executable, "-m", "helpers.reliability", "serve"],
+            cwd=TESTS, stdout=subprocess.PIPE, stderr=self.log, env=env)
         line = self.proc.stdout.readline().decode().strip()
         if not line:
             self.stop()
@@ -354,4 +355,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["serve"]:
         serve_main()
     else:
-        raise SystemExit("usage: _reliability_helpers.py serve")
+        raise SystemExit("usage: python -m helpers.reliability serve")

@@ -2,7 +2,7 @@
 
 Everything a child process runs or receives lives here, so that it pickles
 by reference under the ``spawn`` start method (children import this module
-as ``_programs``: the tests directory is on ``sys.path``).  The programs are
+as ``helpers.programs``: the tests directory is on ``sys.path``).  The programs are
 written as a user of ``multiprocessing.managers`` would write them, with
 only the import changed to ``fastmgr``.
 """

@@ -1,8 +1,8 @@
 """Module-level helpers for tests/test_remote.py.
 
 What a server or a child process needs lives here: the manager class that
-``fastmgr serve _remote_helpers:RemoteManager`` serves, and small programs
-run as ``python _remote_helpers.py MODE ...`` (the tests directory and the
+``fastmgr serve helpers.remote:RemoteManager`` serves, and small programs
+run as ``python -m helpers.remote MODE ...`` (the tests directory and the
 directory fastmgr is imported from are on their ``PYTHONPATH``):
 
 ``orphan HOST``

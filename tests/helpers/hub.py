@@ -3,7 +3,7 @@ run, and managers with registered classes (one that blocks, one that
 holds a lock across calls).
 
 They live here so that they pickle by reference under the ``spawn`` start
-method (the children import this module as ``_hub_helpers``).  Each child
+method (the children import this module as ``helpers.hub``).  Each child
 reports on a pipe: ("ok", value) at the end, or ("error", traceback text);
 every wait in a child is bounded by ``WAIT``.
 """
@@ -11,7 +11,7 @@ import multiprocessing.managers
 import threading
 
 import fastmgr
-from _programs import _report_errors
+from helpers.programs import _report_errors
 
 WAIT = 10  # seconds: the bound on any single wait in a child
 
