@@ -1,11 +1,10 @@
+"""Fixtures and hooks shared by every test module.  Plain helpers live in
+the ``helpers`` package beside this file."""
 import importlib
-import os
-import threading
 
 import pytest
 
-#: the same rule as fastmgr._backend: set and not "0" forces the python wire
-PUREPYTHON = os.environ.get("FASTMGR_PUREPYTHON", "") not in ("", "0")
+from helpers.common import PUREPYTHON, managers_module
 
 
 def pytest_report_header(config):
@@ -50,14 +49,6 @@ def wire(request):
 IMPLEMENTATIONS = ["stdlib", "fastmgr"]
 
 
-def managers_module(name):
-    if name == "stdlib":
-        import multiprocessing.managers as module
-    else:
-        import fastmgr as module
-    return module
-
-
 @pytest.fixture(scope="module", params=IMPLEMENTATIONS)
 def impl(request):
     """The managers module under test: multiprocessing.managers or fastmgr."""
@@ -71,59 +62,3 @@ def manager(impl):
     m.start()
     yield m
     m.shutdown()
-
-
-def child_env(**extra):
-    """The environment for a child Python that must import the fastmgr under
-    test (installed, or this checkout when run from it)."""
-    import fastmgr
-
-    root = os.path.dirname(os.path.dirname(fastmgr.__file__))
-    env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
-
-
-class Worker(threading.Thread):
-    """Runs fn(*args) in a thread and keeps the result or the exception."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args = fn, args
-        self.result = self.error = None
-        self.start()
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def outcome(self, timeout=10):
-        self.join(timeout)
-        assert not self.is_alive(), "worker thread did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def receive(conn, proc, timeout=30):
-    """The next message from a child process; a child's ("error",
-    traceback) fails the test."""
-    if not conn.poll(timeout):
-        pytest.fail("no message from %r within %ss" % (proc, timeout))
-    try:
-        message = conn.recv()
-    except EOFError:
-        proc.join(5)
-        pytest.fail("%r closed its pipe without a message (exitcode %r)" % (proc, proc.exitcode))
-    if isinstance(message, tuple) and message[0] == "error":
-        pytest.fail("%r failed:\n%s" % (proc, message[1]))
-    return message
-
-
-def child_result(conn, proc, timeout=30):
-    """The value of a child's ("ok", value) message."""
-    tag, value = receive(conn, proc, timeout)
-    assert tag == "ok"
-    return value

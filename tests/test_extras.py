@@ -11,7 +11,7 @@ import pytest
 
 import fastmgr
 from helpers.extras import TRACKING, append_from_child, report_managers_module
-from conftest import child_env, managers_module
+from helpers.common import child_env, managers_module
 
 pytestmark = pytest.mark.timeout(90)
 

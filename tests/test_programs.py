@@ -18,7 +18,7 @@ import pytest
 
 from helpers import programs
 from helpers.programs import AUTHKEY, CustomError, MyManager, QueueManager
-from conftest import child_result, receive
+from helpers.common import child_result, receive
 from fastmgr import RemoteError
 
 METHODS = ["fork", "spawn"]

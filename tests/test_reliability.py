@@ -22,16 +22,15 @@ import time
 
 import pytest
 
-from helpers import reliability as H
 from fastmgr import AuthenticationError
 from fastmgr import _protocol as P
 from fastmgr.connection import Client
-from conftest import child_env
+from helpers import reliability as H
+from helpers.common import PUREPYTHON, child_env
 
 LONG = os.environ.get("FASTMGR_LONG", "") not in ("", "0")
 HANDSHAKE_TIMEOUT = 1.0        # the test server's pre-authentication timeout (s)
 RSS_SLACK_KB = 30 * 1024       # what hostile traffic may add to the server's RSS
-PUREPYTHON = os.environ.get("FASTMGR_PUREPYTHON", "") not in ("", "0")
 #: 16 clients x 10,000 locked increments take ~20 s on 2 cores (compiled wire)
 INCREMENTS = int(os.environ.get("FASTMGR_INCREMENTS", 1000 if PUREPYTHON and not LONG else 10_000))
 SOAK_SECONDS = 600 if LONG else 12

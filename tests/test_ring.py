@@ -20,35 +20,21 @@ import time
 
 import pytest
 
-from conftest import Worker, child_env
+from helpers.common import Worker, child_env
 from fastmgr import _protocol as P
 from fastmgr.errors import ProtocolError
+from helpers.hub_rig import BOUND, BOX, Rig, wait_for
+from helpers.ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, WRITER_CPU, new_memfd
 
-import test_hub as TH
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10
-# the layout of one ring (_protocol.py): head; tail, detour_at, detour_len,
-# detour_pending, writer_cpu; reader_waiting; writer_waiting: on lines of 64
-# bytes, then the data
-TAIL = 64
-DETOUR_AT = TAIL + 8
-WRITER_CPU = DETOUR_AT + 20
-# messages this large take the detour through the socket (_wire.pyx)
-DETOUR_MIN = 256 << 10
-DETOUR_MARK = b"\x5a"
 
 
 @pytest.fixture
 def wire(compiled_wire):
     return compiled_wire
-
-
-def new_memfd(wire):
-    fd = os.memfd_create("fastmgr-test-ring")
-    os.ftruncate(fd, wire.Connection.ring_size())
-    return fd
 
 
 @pytest.fixture
@@ -394,7 +380,7 @@ def memfd_of_test(wire):
 
 @pytest.fixture
 def rig(wire):
-    r = TH.Rig(wire)
+    r = Rig(wire)
     yield r
     r.close()
 
@@ -405,7 +391,7 @@ def test_hub_serves_ring_and_socket_connections_together(rig, memfd_of_test):
 
     def calls(c, k):
         for i in range(300):
-            assert c.call(TH.BOX, "echo", ((k, i),)) == (P.RESP_RETURN, (k, i))
+            assert c.call(BOX, "echo", ((k, i),)) == (P.RESP_RETURN, (k, i))
 
     workers = [Worker(calls, c, k) for k, c in enumerate(clients)]
     for w in workers:
@@ -413,22 +399,22 @@ def test_hub_serves_ring_and_socket_connections_together(rig, memfd_of_test):
     # pipelined: many requests in one go, replies in order
     c = clients[0]
     for i in range(2000):
-        c.send_request(P.REQ_CALL, TH.BOX, "echo", (i,))
+        c.send_request(P.REQ_CALL, BOX, "echo", (i,))
     assert [c.recv_response()[1] for _ in range(2000)] == list(range(2000))
     # a large argument and reply (detours through the socket)
     big = os.urandom(1 << 20)
-    assert c.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
+    assert c.call(BOX, "echo", (big,)) == (P.RESP_RETURN, big)
 
 
 def test_hub_hands_a_ring_connection_to_its_own_thread(rig, memfd_of_test):
     fd = memfd_of_test()
     c = rig.connect(ring=fd)
-    assert c.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    assert c.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
     # a thread-bound object: the connection leaves the loop thread
-    assert c.call(TH.BOUND, "echo", (2,)) == (P.RESP_RETURN, 2)
+    assert c.call(BOUND, "echo", (2,)) == (P.RESP_RETURN, 2)
     assert rig.stat("handovers") == 1
     for i in range(200):
-        assert c.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+        assert c.call(BOX, "echo", (i,)) == (P.RESP_RETURN, i)
 
 
 def test_a_ring_peer_that_does_not_read_stalls_no_one(rig, memfd_of_test):
@@ -437,21 +423,21 @@ def test_a_ring_peer_that_does_not_read_stalls_no_one(rig, memfd_of_test):
     fd_a, fd_b = memfd_of_test(), memfd_of_test()
     a, b = rig.connect(ring=fd_a), rig.connect(ring=fd_b)
     for _ in range(8):
-        a.send_request(P.REQ_CALL, TH.BOX, "blob", (1 << 20,))
+        a.send_request(P.REQ_CALL, BOX, "blob", (1 << 20,))
     for i in range(50):
-        assert b.call(TH.BOX, "echo", (i,)) == (P.RESP_RETURN, i)
-    TH.wait_for(lambda: rig.stat("replacements") >= 1)
+        assert b.call(BOX, "echo", (i,)) == (P.RESP_RETURN, i)
+    wait_for(lambda: rig.stat("replacements") >= 1)
     assert a.recv_response() == (P.RESP_RETURN, bytes(1 << 20))  # nothing lost
     a.close()
     (exc, closed), = rig.wait_ended([rig.number(a)])
     assert isinstance(exc, OSError) and not isinstance(exc, ProtocolError), repr(exc)
-    assert b.call(TH.BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
+    assert b.call(BOX, "echo", ("after",)) == (P.RESP_RETURN, "after")
 
 
 def test_corrupt_ring_ends_only_that_connection(wire, rig, memfd_of_test):
     fd_bad, fd_good = memfd_of_test(), memfd_of_test()
     bad, good = rig.connect(ring=fd_bad), rig.connect(ring=fd_good)
-    assert bad.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    assert bad.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
     with mmap.mmap(fd_bad, wire.Connection.ring_size()) as shared:
         struct.pack_into("<Q", shared, TAIL, 1 << 40)
     try:
@@ -460,13 +446,13 @@ def test_corrupt_ring_ends_only_that_connection(wire, rig, memfd_of_test):
         pass  # it was awake, saw the ring, and closed already
     (exc, closed), = rig.wait_ended([rig.number(bad)])
     assert isinstance(exc, ProtocolError), repr(exc)
-    assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
+    assert good.call(BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
 
 
 def test_a_client_gone_mid_detour_ends_only_its_connection(wire, rig, memfd_of_test):
     fd_gone, fd_good = memfd_of_test(), memfd_of_test()
     gone, good = rig.connect(ring=fd_gone), rig.connect(ring=fd_good)
-    assert gone.call(TH.BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+    assert gone.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
     with mmap.mmap(fd_gone, wire.Connection.ring_size()) as shared:
         tail = struct.unpack_from("<Q", shared, TAIL)[0]
         struct.pack_into("<QQI", shared, DETOUR_AT, tail, 1 << 20, 1)
@@ -474,9 +460,9 @@ def test_a_client_gone_mid_detour_ends_only_its_connection(wire, rig, memfd_of_t
     gone.close()
     (exc, closed), = rig.wait_ended([rig.number(gone)])
     assert not isinstance(exc, ProtocolError), repr(exc)
-    assert good.call(TH.BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
+    assert good.call(BOX, "echo", (2,)) == (P.RESP_RETURN, 2)
     big = os.urandom(1 << 20)
-    assert good.call(TH.BOX, "echo", (big,)) == (P.RESP_RETURN, big)
+    assert good.call(BOX, "echo", (big,)) == (P.RESP_RETURN, big)
 
 
 # ---------------------------------------------------------------------------

@@ -38,11 +38,11 @@ import time
 
 import pytest
 
-from conftest import Worker, child_env
+from helpers.common import Worker, child_env
 from fastmgr import _protocol as P
 
-import test_hub as TH
-from test_ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, WRITER_CPU, new_memfd
+from helpers.hub_rig import BOX, Rig
+from helpers.ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, WRITER_CPU, new_memfd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,7 +122,7 @@ def payload(rng, codec, requests):
     if kind == 3:
         return frame_header(rng) + rng.randbytes(rng.randrange(32))
     value = rng.randbytes(rng.randrange(64))
-    body = (codec.encode_request(P.REQ_CALL, TH.BOX, "echo", (value,), None) if requests
+    body = (codec.encode_request(P.REQ_CALL, BOX, "echo", (value,), None) if requests
             else codec.dumps(value))
     data = bytearray(struct.pack("!i", len(body)) + body)
     if kind == 4:
@@ -244,7 +244,7 @@ class Hostile:
         self.note("valid message (%s)" % (len(value) if isinstance(value, bytes) else value))
         try:
             if self.requests:
-                self.conn.send_request(P.REQ_CALL, TH.BOX, "echo", (value,))
+                self.conn.send_request(P.REQ_CALL, BOX, "echo", (value,))
             else:
                 self.conn.send(value)
         except ALLOWED:
@@ -337,8 +337,8 @@ def thread_failures():
 def good_calls_work(good, rng):
     start = time.monotonic()
     value = rng.randrange(1 << 40)
-    assert good.call(TH.BOX, "echo", (value,)) == (P.RESP_RETURN, value)
-    assert good.call(TH.BOX, "echo", (BIG,)) == (P.RESP_RETURN, BIG)
+    assert good.call(BOX, "echo", (value,)) == (P.RESP_RETURN, value)
+    assert good.call(BOX, "echo", (BIG,)) == (P.RESP_RETURN, BIG)
     took = time.monotonic() - start
     assert took < GOOD_WAIT, "the good client's calls took %.2fs" % took
 
@@ -351,7 +351,7 @@ def hub_round(rig, wire, rng, failures, outcomes):
     number = rig.number(hostile_conn)
     hostile = Hostile(rng, wire, hostile_conn, fds[0])
     try:
-        assert hostile_conn.call(TH.BOX, "echo", ("hi",)) == (P.RESP_RETURN, "hi")
+        assert hostile_conn.call(BOX, "echo", ("hi",)) == (P.RESP_RETURN, "hi")
         hostile_conn.timeout = SILENT  # for its own sends among the moves
         for _ in range(rng.randrange(1, 7)):
             hostile.move()
@@ -379,7 +379,7 @@ def hub_rounds(seed, rounds):
     from fastmgr import _wire as wire
     failures = thread_failures()
     outcomes = collections.Counter()
-    rig = TH.Rig(wire)
+    rig = Rig(wire)
     try:
         for round_ in range(rounds):
             say("round %d (seed %d)" % (round_, seed))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import child_env
+from helpers.common import child_env
 from fastmgr import _settings
 
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fastmgr")

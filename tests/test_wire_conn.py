@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Worker
+from helpers.common import Worker
 from fastmgr import _protocol as P
 from fastmgr.errors import AuthenticationError, MessageTooLarge, ProtocolError
 

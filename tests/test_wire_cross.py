@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from fastmgr import _protocol as P
 from fastmgr.errors import ProtocolError
-
-from test_wire_codec import same
+from helpers.values import same
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

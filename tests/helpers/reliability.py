@@ -79,7 +79,7 @@ class ServerProcess:
     """A SyncManager server in a child process, on TCP loopback."""
 
     def __init__(self, handshake_timeout=None, extra_env=None):
-        from conftest import child_env
+        from helpers.common import child_env
         env = child_env()
         if handshake_timeout is not None:
             env["FASTMGR_HANDSHAKE_TIMEOUT"] = str(handshake_timeout)
