@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 from helpers.common import PUREPYTHON, managers_module
+from helpers.hub_rig import Rig
 
 
 def pytest_report_header(config):
@@ -62,3 +63,20 @@ def manager(impl):
     m.start()
     yield m
     m.shutdown()
+
+
+# -- a hub over socketpairs (tests/test_hub_*.py, tests/test_ring*.py) -------
+
+@pytest.fixture
+def rig(wire):
+    """A hub of the wire under test (helpers/hub_rig.py), closed and checked
+    at the end of the test."""
+    r = Rig(wire)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def compiled(wire):
+    """Whether the hub under test is the compiled one (one loop thread)."""
+    return wire.IMPLEMENTATION == "compiled"

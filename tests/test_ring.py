@@ -23,7 +23,7 @@ import pytest
 from helpers.common import Worker, child_env
 from fastmgr import _protocol as P
 from fastmgr.errors import ProtocolError
-from helpers.hub_rig import BOUND, BOX, Rig, wait_for
+from helpers.hub_rig import BOUND, BOX, wait_for
 from helpers.ring import DETOUR_AT, DETOUR_MARK, DETOUR_MIN, TAIL, WRITER_CPU, new_memfd
 
 
@@ -376,13 +376,6 @@ def memfd_of_test(wire):
     yield make
     for fd in fds:
         os.close(fd)
-
-
-@pytest.fixture
-def rig(wire):
-    r = Rig(wire)
-    yield r
-    r.close()
 
 
 def test_hub_serves_ring_and_socket_connections_together(rig, memfd_of_test):

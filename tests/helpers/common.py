@@ -1,6 +1,6 @@
 """What many test modules use: which wire runs, the managers module of an
 implementation's name, a thread that keeps its outcome, and a child
-process's environment and messages."""
+process's environment, messages and exit."""
 import os
 import threading
 
@@ -76,3 +76,9 @@ def child_result(conn, proc, timeout=30):
     assert tag == "ok"
     return value
 
+
+def finish(proc, timeout=10):
+    """The child exits, with 0, within the bound."""
+    proc.join(timeout)
+    assert not proc.is_alive(), "%r did not exit within %ss" % (proc, timeout)
+    assert proc.exitcode == 0, "%r exited with %r" % (proc, proc.exitcode)
