@@ -8,7 +8,8 @@ server's RSS and thread count from /proc every second.
 Writes the samples as CSV (t, rss_kb, threads, fds) and, if matplotlib is
 installed, a plot.  Exits 1 if, after the first third (warm-up), the RSS
 grows by more than --max-growth-kb between the two halves or the thread
-count moves by more than --max-thread-change.
+count moves by more than --max-thread-change.  The plots of the last runs
+are in docs/performance.md.
 """
 import argparse
 import csv
