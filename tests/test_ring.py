@@ -35,9 +35,9 @@ WAIT = 10
 TAIL = 64
 DETOUR_AT = TAIL + 8
 WRITER_CPU = DETOUR_AT + 20
-# messages this large take the detour through the socket (_wire.pyx)
-DETOUR_MIN = 256 << 10
-DETOUR_MARK = b"\x5a"
+# messages this large take the detour through the socket (_protocol.py)
+DETOUR_MIN = P.DETOUR_MIN
+DETOUR_MARK = bytes([P.DETOUR_MARK])
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ SPIN_MAPPING = "/dev/shm/fastmgr-spin-%d" % os.getuid()
 def spin_catches():
     """The catches of every spinner on the machine, summed over CPUs: the
     shared mapping holds 64 spinner slots of 8 bytes, then a counter per
-    CPU a cache line apart (_wire.pyx)."""
+    CPU a cache line apart (fastmgr/_wirelib/fm_spin.h)."""
     with open(SPIN_MAPPING, "rb") as f:
         data = f.read()
     return sum(struct.unpack_from("<Q", data, 512 + 64 * cpu)[0] for cpu in range(64))
