@@ -5,6 +5,7 @@
 Both are switches spelled as in ``fastmgr/_settings.py`` (1/true/yes/on,
 0/false/no/off; unset or empty: off), which the build cannot import.
 """
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -23,9 +24,13 @@ def switch(name):
 
 debug = switch("FASTMGR_DEBUG")
 
+# fastmgr/_wire.pyx is a map that includes the files of fastmgr/_wirelib/
+# (.pxi code, .pxd declarations, .h C helpers): one extension
 extension = Extension(
     "fastmgr._wire",
     ["fastmgr/_wire.pyx"],
+    include_dirs=["fastmgr/_wirelib"],
+    depends=sorted(glob.glob("fastmgr/_wirelib/*")) + ["fastmgr/_wire.pxd"],
     extra_compile_args=["-O0", "-g"] if debug else ["-O2"],
     undef_macros=["NDEBUG"] if debug else [],
 )

@@ -2,18 +2,20 @@
 
 Both implementations of the wire (the compiled ``fastmgr._wire`` and the
 pure-Python ``fastmgr._wire_py``) follow this text byte for byte; the
-constants below are the only place the numbers live (``_wire.pyx`` repeats
-them as a ``cdef enum`` and a test checks that the two agree).
+constants below are the only place the numbers live (``_wire.pxd`` repeats
+them as a ``cdef enum``, ``_wire._constants()`` reports them as compiled,
+and a test checks that the two agree).
 
 Framing
 -------
 A message on a stream socket is a *frame*: a 4-byte big-endian signed length
-``n`` followed by ``n`` bytes of body.  A body longer than ``0x7fffffff``
-bytes is sent as the length ``-1`` followed by an 8-byte big-endian unsigned
-length.  This is the framing of ``multiprocessing.connection``, so a stdlib
-``Connection`` can read our frames and we can read its.  Any other negative
-length is a ``ProtocolError``.  A length above the reader's limit raises
-``MessageTooLarge`` before a byte of the body is read or allocated.
+``n`` followed by ``n`` bytes of body (``FRAME_HEADER_SIZE``).  A body longer
+than ``MAX_SHORT_FRAME`` (``0x7fffffff``) bytes is sent as the length ``-1``
+followed by an 8-byte big-endian unsigned length (``LONG_FRAME_HEADER_SIZE``:
+12 bytes in all).  This is the framing of ``multiprocessing.connection``, so
+a stdlib ``Connection`` can read our frames and we can read its.  Any other
+negative length is a ``ProtocolError``.  A length above the reader's limit
+raises ``MessageTooLarge`` before a byte of the body is read or allocated.
 A frame always leaves in one write: header and body together.
 
 Handshake (before anything is decoded; ``_handshake.py``, for both wires)
@@ -36,16 +38,17 @@ further seals; the server answers ``RING_ACCEPT`` (then maps it) or
 memfd).  After an accept, every byte that would have crossed the socket
 crosses two rings in that file instead (client to server first); the
 socket carries wake-up bytes (0), and its EOF still means the peer is
-gone.  A message too large for a ring (256 KiB or more in one send,
-``DETOUR_MIN`` in ``_wire.pyx``) takes a detour: the writer announces it in
-the ring (where in the stream it belongs, and its size), then sends the
-byte 0x5A and the message on the socket; the reader takes it there once
+gone.  A message too large for a ring (``DETOUR_MIN`` bytes or more in one
+send) takes a detour: the writer announces it in the ring (where in the
+stream it belongs, and its size), then sends the byte ``DETOUR_MARK`` and
+the message on the socket; the reader takes it there once
 it has read the ring up to that point, then lowers the announcement, and
 only then may the writer announce another.  Each ring: u64 head (consumed); u64 tail
 (written), u64 detour_at, u64 detour_len, u32 detour_pending, i32 writer_cpu
 (the CPU the writer last wrote from: a hint for spinning, any value is
 safe); u32 reader_waiting; u32 writer_waiting: each group on its own
-64-byte line, then ``FM_RING_CAP`` bytes of data; see ``_wire.pyx``.
+64-byte line, then ``RING_CAPACITY`` bytes of data; see
+``_wirelib/fm_ring.h``.
 Every handshake frame is at most ``MAX_HANDSHAKE_FRAME`` bytes; a longer or
 malformed one, a wrong digest, or a foreign magic raises
 ``multiprocessing.AuthenticationError`` on the side that sees it.
@@ -90,19 +93,34 @@ Request body::
     u8 kind (REQ_CALL or REQ_ONEWAY) | u64 ident | value method (str)
     | value args (tuple) | value kwds (dict, or None for no keywords)
 
+The ident is at ``REQUEST_IDENT_OFFSET``, the method at
+``REQUEST_HEAD_SIZE``: a server may look up the object before it decodes
+anything (the compiled hub does, to find the thread-bound ones).
+
 Ident 0 is the server's control object (create, incref, decref, ...).
 A ``REQ_ONEWAY`` request gets no response, even when it fails.
 
-Response body::
+Response body (the value at ``RESPONSE_HEAD_SIZE``)::
 
     u8 kind | value
 
 =============  ======================================================
 RESP_RETURN    the method's result
-RESP_ERROR     (exception, traceback text): raised on the caller's side
+RESP_ERROR     (exception, traceback text): raised on the caller's side;
+               or (name, args, traceback text), see below
 RESP_FAILURE   traceback text: raised as ``RemoteError``
 RESP_PROXY     (typeid, ident, exposed): the result is a new shared object
 =============  ======================================================
+
+When a reply does not encode (a result or an exception that will not
+pickle, or any value under the ``safe`` serializer), the server sends
+instead: for an exception of a builtin type whose args are all None,
+bool, int, float, str or bytes, ``RESP_ERROR`` with ``(name, args,
+traceback text)``, ``name`` the type's name, which the client raises as
+that builtin exception made from those args (a ``RemoteError`` of the
+traceback text if it cannot); for any other exception, its traceback
+text as ``RESP_FAILURE``; for any other value, the traceback of the
+encoding error as ``RESP_FAILURE``.
 """
 
 PROTOCOL_VERSION = 1
@@ -119,6 +137,24 @@ RING_HELLO = b"#RING2"  # the ring layout with detours
 RING_OFFER = b"#RING-OFFER#"
 RING_ACCEPT = b"#RING-OK#"
 RING_DECLINE = b"#RING-NO#"
+
+# frames (see Framing)
+FRAME_HEADER_SIZE = 4
+LONG_FRAME_HEADER_SIZE = 12
+MAX_SHORT_FRAME = 0x7FFFFFFF
+
+# envelopes: where the fields of a request and a response begin
+REQUEST_IDENT_OFFSET = 1
+REQUEST_HEAD_SIZE = 9
+RESPONSE_HEAD_SIZE = 1
+
+# shared-memory rings (see Shared-memory rings)
+#: bytes of data in one ring
+RING_CAPACITY = 262144
+#: a message of this many bytes or more in one send takes the detour
+DETOUR_MIN = 262144
+#: the byte that opens a detour on the socket (wake-up bytes are 0)
+DETOUR_MARK = 0x5A
 
 #: default ceiling for one message body after authentication (bytes)
 DEFAULT_MAX_MESSAGE = 1 << 30

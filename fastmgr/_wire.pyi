@@ -3,7 +3,7 @@
 The byte formats are specified in ``fastmgr/_protocol.py``.
 """
 import socket
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 IMPLEMENTATION: str  # "compiled" or "python"
 
@@ -14,6 +14,10 @@ def get_spin() -> int: ...
 
 def frame(body: bytes) -> bytes:
     """Header + body, as one bytes object."""
+
+# Compiled wire only: the protocol's numbers as compiled (the tests hold
+# them against _protocol.py).
+def _constants() -> Dict[str, int]: ...
 
 class Codec:
     """Encodes values and envelopes. ``serializer`` is one of
@@ -60,7 +64,7 @@ class Connection:
                  max_message: int = ..., timeout: Optional[float] = None) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
-    def send_bytes(self, data: bytes) -> None: ...
+    def send_bytes(self, buf: bytes, offset: int = 0, size: Optional[int] = None) -> None: ...
     def recv_bytes(self, maxlength: Optional[int] = None) -> bytes: ...
     def send(self, obj: Any) -> None: ...
     def recv(self) -> Any: ...
@@ -83,6 +87,37 @@ class Connection:
         sides attach before either sends;
         raises ValueError if this connection already has bytes read ahead,
         a ring, or TLS.  See _protocol.py."""
+
+class Pending:
+    """The reply to a pipelined call."""
+
+    def done(self) -> bool: ...
+    def result(self) -> Any:
+        """The call's result (waiting for it if need be), or its exception raised."""
+
+class Pipeline:
+    """Stands in for a Connection: call() sends without waiting and returns
+    (RESP_RETURN, Pending); replies are read in order, when more than
+    ``window`` are outstanding, when a result is asked for, and by sync().
+    ``resolve(kind, value)`` returns or raises the result of a reply that
+    is not RESP_RETURN."""
+
+    conn: Connection
+    resolve: Callable[[int, Any], Any]
+    closed: bool
+    outstanding: int
+    def __init__(self, conn: Connection, resolve: Callable[[int, Any], Any],
+                 window: int = 4096) -> None: ...
+    def close(self) -> None: ...
+    def call(self, ident: int, method: str, args: tuple = (),
+             kwds: Optional[dict] = None) -> Tuple[int, Any]: ...
+    def send_request(self, kind: int, ident: int, method: str,
+                     args: tuple = (), kwds: Optional[dict] = None) -> None:
+        """REQ_ONEWAY only."""
+    def sync(self) -> None:
+        """Send what is queued and read every outstanding reply."""
+    def unseen_errors(self) -> List[Pending]:
+        """Failed calls whose result() nobody asked for."""
 
 # The handshake, re-exported from fastmgr._handshake (one implementation
 # for both wires):

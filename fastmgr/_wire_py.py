@@ -19,9 +19,13 @@ from ._settings import SPIN_US
 from ._protocol import (
     COPY_THRESHOLD,
     DEFAULT_MAX_MESSAGE,
+    FRAME_HEADER_SIZE,
+    LONG_FRAME_HEADER_SIZE,
     MAX_DEPTH,
+    MAX_SHORT_FRAME,
     MAX_SPIN_US,
     REQ_CALL,
+    REQUEST_HEAD_SIZE,
     REQ_ONEWAY,
     RESP_ERROR,
     RESP_FAILURE,
@@ -55,7 +59,7 @@ _u8 = struct.Struct("<B")
 _u32 = struct.Struct("<I")
 _i64 = struct.Struct("<q")
 _f64 = struct.Struct("<d")
-_request_head = struct.Struct("<BQ")  # kind, ident
+_request_head = struct.Struct("<BQ")  # kind, ident: REQUEST_HEAD_SIZE bytes
 _frame_len = struct.Struct("!i")
 _frame_len64 = struct.Struct("!Q")
 
@@ -266,10 +270,10 @@ class Codec:
 
     def decode_request(self, data):
         data = memoryview(data).cast("B")
-        kind, ident = _request_head.unpack(_read(data, 0, _request_head.size))
+        kind, ident = _request_head.unpack(_read(data, 0, REQUEST_HEAD_SIZE))
         if kind not in _REQUEST_KINDS:
             raise ProtocolError("unknown request kind 0x%02x" % kind)
-        method, pos = self._decode(data, _request_head.size, 0)
+        method, pos = self._decode(data, REQUEST_HEAD_SIZE, 0)
         args, pos = self._decode(data, pos, 0)
         kwds, pos = self._decode(data, pos, 0)
         _expect_end(data, pos)
@@ -313,7 +317,7 @@ def _expect_end(data, pos):
 
 
 def _frame_header(n):
-    if n > 0x7FFFFFFF:
+    if n > MAX_SHORT_FRAME:
         return _frame_len.pack(-1) + _frame_len64.pack(n)
     return _frame_len.pack(n)
 
@@ -327,16 +331,17 @@ def frame(body):
 def _parse_header(header):
     """(body length, header length) from the first bytes of a frame, or
     None when more bytes are needed."""
-    if len(header) < 4:
+    if len(header) < FRAME_HEADER_SIZE:
         return None
-    (n,) = _frame_len.unpack(header[:4])
+    (n,) = _frame_len.unpack(header[:FRAME_HEADER_SIZE])
     if n >= 0:
-        return n, 4
+        return n, FRAME_HEADER_SIZE
     if n != -1:
         raise ProtocolError("bad frame length %d" % n)
-    if len(header) < 12:
+    if len(header) < LONG_FRAME_HEADER_SIZE:
         return None
-    return _frame_len64.unpack(header[4:12])[0], 12
+    (n,) = _frame_len64.unpack(header[FRAME_HEADER_SIZE:LONG_FRAME_HEADER_SIZE])
+    return n, LONG_FRAME_HEADER_SIZE
 
 
 def _check_size(n, limit):
@@ -357,7 +362,7 @@ class FrameReader:
     def next_message(self):
         """The next complete body, or None until more bytes arrive.
         Raises MessageTooLarge / ProtocolError on a bad header."""
-        parsed = _parse_header(self._buffer[:12])
+        parsed = _parse_header(self._buffer[:LONG_FRAME_HEADER_SIZE])
         if parsed is None:
             return None
         n, start = parsed
@@ -472,10 +477,10 @@ class Connection:
         limit = self.max_message if maxlength is None else min(maxlength, self.max_message)
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         try:
-            header = self._recv_exactly(4, deadline)
+            header = self._recv_exactly(FRAME_HEADER_SIZE, deadline)
             parsed = _parse_header(header)
             if parsed is None:  # the 8-byte length of a long frame follows
-                header += self._recv_exactly(8, deadline)
+                header += self._recv_exactly(LONG_FRAME_HEADER_SIZE - FRAME_HEADER_SIZE, deadline)
                 parsed = _parse_header(header)
             n = parsed[0]
             _check_size(n, limit)

@@ -132,7 +132,7 @@ SPIN_MAPPING = "/dev/shm/fastmgr-spin-%d" % os.getuid()
 def spin_catches():
     """The catches of every spinner on the machine, summed over CPUs: the
     shared mapping holds 64 spinner slots of 8 bytes, then a counter per
-    CPU a cache line apart (_wire.pyx)."""
+    CPU a cache line apart (fastmgr/_wirelib/fm_spin.h)."""
     with open(SPIN_MAPPING, "rb") as f:
         data = f.read()
     return sum(struct.unpack_from("<Q", data, 512 + 64 * cpu)[0] for cpu in range(64))

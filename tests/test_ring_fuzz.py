@@ -49,7 +49,7 @@ pytestmark = pytest.mark.timeout(60)
 SEED = int(os.environ.get("FASTMGR_FUZZ_SEED", "20240611"))
 SCALE = float(os.environ.get("FASTMGR_FUZZ_ROUNDS", "1"))
 
-# the layout of one ring (_wire.pyx, above FM_RING_CAP): offset, format
+# the layout of one ring (fastmgr/_wirelib/fm_ring.h): offset, format
 FIELDS = {
     "head": (0, "<Q"),
     "tail": (TAIL, "<Q"),

@@ -1,0 +1,317 @@
+# Codec: values and envelopes to bytes and back, as _protocol.py
+# specifies them (included by _wire.pyx; its layout is in _wire.pxd).
+
+cdef int _serializer_mode(str serializer) except -1:
+    if serializer == "pickle":
+        return 0
+    if serializer == "safe":
+        return 1
+    if serializer == "xmlrpclib":
+        return 2
+    raise ValueError("unknown serializer %r (choose from %s)" % (serializer, ", ".join(SERIALIZERS)))
+
+
+@cython.final
+cdef class Codec:
+    """Encodes values and envelopes (see _protocol.py)."""
+
+    def __init__(self, str serializer="pickle"):
+        cdef int mode = _serializer_mode(serializer)
+        self.serializer = serializer
+        self.may_pickle = mode == 0
+        self.tuples_as_lists = mode == 2
+        self.out = WriteBuffer()
+
+    def __reduce__(self):
+        return (Codec, (self.serializer,))
+
+    # -- encoding --------------------------------------------------------
+
+    cdef int _pickle(self, WriteBuffer buf, object obj) except -1:
+        cdef bytes data
+        if not self.may_pickle:
+            raise UnsafeValueError(
+                "the %r serializer sends only None, bool, int, float, str, bytes, "
+                "tuple, list and dict; got %s" % (self.serializer, type(obj).__name__))
+        data = _pickling.dumps(obj)
+        if PyBytes_GET_SIZE(data) >= U32_LIMIT:
+            raise ValueError("a pickled value of %d bytes is too large to send" % len(data))
+        buf.write_tag_u32(T_PICKLE, <uint32_t>PyBytes_GET_SIZE(data))
+        buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        return 0
+
+    cdef int _encode(self, WriteBuffer buf, object obj, int depth) except -1:
+        """Append one value. Returns TOO_DEEP when containers nest deeper than
+        MAX_DEPTH (the caller then pickles the whole top-level value)."""
+        cdef type t = type(obj)
+        cdef long long v
+        cdef int overflow = 0
+        cdef Py_ssize_t n
+        cdef const char* s
+        if obj is None:
+            return buf.write_u8(T_NONE)
+        if t is bool:
+            return buf.write_u8(T_TRUE if obj is True else T_FALSE)
+        if t is int:
+            v = PyLong_AsLongLongAndOverflow(obj, &overflow)
+            if overflow == 0:
+                return buf.write_tag_u64(T_INT64, <uint64_t>v)
+            data = obj.to_bytes(((obj if obj >= 0 else ~obj).bit_length() + 8) // 8, "little",
+                                signed=True)
+            if PyBytes_GET_SIZE(data) >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            buf.write_tag_u32(T_BIGINT, <uint32_t>PyBytes_GET_SIZE(data))
+            return buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if t is float:
+            return buf.write_tag_u64(T_FLOAT, fm_double_bits(PyFloat_AS_DOUBLE(obj)))
+        if t is str:
+            try:
+                s = PyUnicode_AsUTF8AndSize(obj, &n)
+            except UnicodeEncodeError:
+                data = (<str>obj).encode("utf-8", "surrogatepass")
+                s = PyBytes_AS_STRING(data)
+                n = PyBytes_GET_SIZE(data)
+            if n >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            buf.write_tag_u32(T_STR, <uint32_t>n)
+            return buf.write_raw(s, n)
+        if t is bytes:
+            n = PyBytes_GET_SIZE(obj)
+            if n >= U32_LIMIT:
+                return self._pickle(buf, obj)
+            buf.write_tag_u32(T_BYTES, <uint32_t>n)
+            return buf.write_bytes(obj)
+        if t is tuple or t is list or t is dict:
+            return self._encode_container(buf, obj, t, depth)
+        return self._pickle(buf, obj)
+
+    cdef int _encode_container(self, WriteBuffer buf, object obj, type t, int depth) except -1:
+        """_encode() of a tuple, list or dict (t: its type)."""
+        cdef Py_ssize_t n, i
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef Py_ssize_t pos = 0
+        cdef int r
+        if depth > c_max_depth:
+            return TOO_DEEP
+        n = len(obj)
+        if n >= U32_LIMIT:
+            return self._pickle(buf, obj)
+        if t is tuple:
+            buf.write_tag_u32(T_TUPLE, <uint32_t>n)
+            for i in range(n):
+                r = self._encode(buf, <object>PyTuple_GET_ITEM(obj, i), depth + 1)
+                if r:
+                    return r
+        elif t is list:
+            buf.write_tag_u32(T_LIST, <uint32_t>n)
+            for i in range(n):
+                # the list may shrink while an item's pickling runs Python code
+                if i >= PyList_GET_SIZE(obj):
+                    raise RuntimeError("list changed size during encoding")
+                item = <object>PyList_GET_ITEM(obj, i)
+                r = self._encode(buf, item, depth + 1)
+                if r:
+                    return r
+        else:
+            buf.write_tag_u32(T_DICT, <uint32_t>n)
+            i = 0
+            while PyDict_Next(obj, &pos, &key, &value):
+                k = <object>key
+                val = <object>value
+                i += 1
+                if i > n:
+                    break
+                r = self._encode(buf, k, depth + 1)
+                if r:
+                    return r
+                r = self._encode(buf, val, depth + 1)
+                if r:
+                    return r
+            if i != n:
+                raise RuntimeError("dictionary changed size during encoding")
+        return 0
+
+    cdef int encode_top(self, WriteBuffer buf, object obj) except -1:
+        """Append one top-level value, pickled whole if it nests too deeply."""
+        cdef Py_ssize_t start = buf.length
+        if self._encode(buf, obj, 1) == TOO_DEEP:
+            buf.length = start
+            self._pickle(buf, obj)
+        return 0
+
+    cdef int encode_request_into(self, WriteBuffer buf, int kind, uint64_t ident,
+                                 object method, object args, object kwds) except -1:
+        if kind != REQ_CALL and kind != REQ_ONEWAY:
+            raise ValueError("unknown request kind %r" % kind)
+        buf.write_tag_u64(<uint8_t>kind, ident)
+        self.encode_top(buf, method)
+        self.encode_top(buf, args)
+        if kwds:
+            self.encode_top(buf, kwds)
+        else:
+            buf.write_u8(T_NONE)
+        return 0
+
+    cdef int encode_response_into(self, WriteBuffer buf, int kind, object value) except -1:
+        if kind < RESP_RETURN or kind > RESP_PROXY:
+            raise ValueError("unknown response kind %r" % kind)
+        buf.write_u8(<uint8_t>kind)
+        return self.encode_top(buf, value)
+
+    def dumps(self, obj):
+        self.out.reset()
+        self.encode_top(self.out, obj)
+        return self.out.body()
+
+    def encode_request(self, int kind, uint64_t ident, method, args, kwds):
+        self.out.reset()
+        self.encode_request_into(self.out, kind, ident, method, args, kwds)
+        return self.out.body()
+
+    def encode_response(self, int kind, value):
+        self.out.reset()
+        self.encode_response_into(self.out, kind, value)
+        return self.out.body()
+
+    # -- decoding --------------------------------------------------------
+
+    cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth):
+        """Decode the value at p[pos[0]:n] and advance pos.
+        Precondition: pos[0] <= n. Every read is checked against n."""
+        cdef Py_ssize_t at = pos[0]
+        cdef uint8_t tag
+        cdef uint64_t length
+        if at >= n:
+            raise ProtocolError("truncated message: value expected")
+        tag = p[at]
+        at += 1
+        if tag == T_NONE:
+            pos[0] = at
+            return None
+        if tag == T_FALSE:
+            pos[0] = at
+            return False
+        if tag == T_TRUE:
+            pos[0] = at
+            return True
+        if tag == T_INT64 or tag == T_FLOAT:
+            if n - at < 8:
+                raise ProtocolError("truncated message: 8-byte number")
+            pos[0] = at + 8
+            if tag == T_INT64:
+                return PyLong_FromLongLong(<int64_t>fm_get_u64le(p + at))
+            return PyFloat_FromDouble(fm_bits_double(fm_get_u64le(p + at)))
+        if tag > T_PICKLE:
+            raise ProtocolError("unknown value tag 0x%02x" % tag)
+        if n - at < 4:
+            raise ProtocolError("truncated message: length")
+        length = fm_get_u32le(p + at)
+        at += 4
+        if tag == T_TUPLE or tag == T_LIST or tag == T_DICT:
+            pos[0] = at
+            return self._decode_container(p, n, pos, tag, length, depth)
+        if length > <uint64_t>(n - at):
+            raise ProtocolError("truncated message: %d bytes announced, %d left" % (length, n - at))
+        pos[0] = at + <Py_ssize_t>length
+        if tag == T_STR:
+            try:
+                return PyUnicode_DecodeUTF8(<const char*>p + at, <Py_ssize_t>length, "surrogatepass")
+            except UnicodeDecodeError as exc:
+                raise ProtocolError("bad UTF-8 in str: %s" % exc) from None
+        if tag == T_BYTES:
+            return PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length)
+        if tag == T_BIGINT:
+            return int.from_bytes(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length),
+                                  "little", signed=True)
+        # T_PICKLE
+        if not self.may_pickle:
+            raise ProtocolError("the %r serializer refuses pickled data" % self.serializer)
+        return _pickling.loads(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length))
+
+    cdef object _decode_container(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                                  uint8_t tag, uint64_t length, int depth):
+        """_decode() of a tuple, list or dict of length items (tag: its
+        tag) whose first item is at p[pos[0]]."""
+        cdef Py_ssize_t at = pos[0]
+        cdef Py_ssize_t i, count
+        cdef object result, item, key
+        if depth > c_max_depth:
+            raise ProtocolError("containers nest deeper than %d" % c_max_depth)
+        # every item takes at least one byte: refuse counts the data cannot hold
+        if length > <uint64_t>(n - at) or (tag == T_DICT and 2 * length > <uint64_t>(n - at)):
+            raise ProtocolError("truncated message: container of %d items" % length)
+        count = <Py_ssize_t>length
+        if tag == T_DICT:
+            result = {}
+            for i in range(count):
+                key = self._decode(p, n, pos, depth + 1)
+                item = self._decode(p, n, pos, depth + 1)
+                try:
+                    PyDict_SetItem(result, key, item)
+                except TypeError as exc:
+                    raise ProtocolError("bad dict key: %s" % exc) from None
+            return result
+        if tag == T_LIST or self.tuples_as_lists:
+            result = PyList_New(count)
+            for i in range(count):
+                item = self._decode(p, n, pos, depth + 1)
+                Py_INCREF(item)
+                PyList_SET_ITEM(result, i, item)
+            return result
+        result = PyTuple_New(count)
+        for i in range(count):
+            item = self._decode(p, n, pos, depth + 1)
+            Py_INCREF(item)
+            PyTuple_SET_ITEM(result, i, item)
+        return result
+
+    cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
+        """Decode the last value of a message: no bytes may follow it."""
+        value = self._decode(p, n, pos, 1)
+        if pos[0] != n:
+            raise ProtocolError("%d unexpected bytes after the message" % (n - pos[0]))
+        return value
+
+    cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n):
+        cdef Py_ssize_t pos = REQUEST_HEAD_SIZE
+        cdef int kind
+        if n < REQUEST_HEAD_SIZE:
+            raise ProtocolError("truncated request header")
+        kind = p[0]
+        if kind != REQ_CALL and kind != REQ_ONEWAY:
+            raise ProtocolError("unknown request kind 0x%02x" % kind)
+        ident = fm_get_u64le(p + REQUEST_IDENT_OFFSET)
+        method = self._decode(p, n, &pos, 1)
+        args = self._decode(p, n, &pos, 1)
+        kwds = self.decode_all(p, n, &pos)
+        if type(method) is not str:
+            raise ProtocolError("method name must be a str")
+        if not (type(args) is tuple or (self.tuples_as_lists and type(args) is list)):
+            raise ProtocolError("request arguments must be a tuple")
+        if kwds is not None and type(kwds) is not dict:
+            raise ProtocolError("request keywords must be a dict")
+        return (kind, ident, method, args, kwds)
+
+    cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n):
+        cdef Py_ssize_t pos = RESPONSE_HEAD_SIZE
+        cdef int kind
+        if n < RESPONSE_HEAD_SIZE:
+            raise ProtocolError("empty response")
+        kind = p[0]
+        if kind < RESP_RETURN or kind > RESP_PROXY:
+            raise ProtocolError("unknown response kind 0x%02x" % kind)
+        return (kind, self.decode_all(p, n, &pos))
+
+    def loads(self, data):
+        cdef bytes b = bytes(memoryview(data))
+        cdef Py_ssize_t pos = 0
+        return self.decode_all(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), &pos)
+
+    def decode_request(self, data):
+        cdef bytes b = bytes(memoryview(data))
+        return self.decode_request_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+    def decode_response(self, data):
+        cdef bytes b = bytes(memoryview(data))
+        return self.decode_response_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
