@@ -20,13 +20,27 @@ A frame always leaves in one write: header and body together.
 
 Handshake (before anything is decoded; ``_handshake.py``, for both wires)
 -------------------------------------------------------------------------
-1. server -> client: ``MAGIC`` (4 bytes) + a 32-byte random nonce ``Ns``.
-2. client -> server: ``HMAC-SHA256(key, b"C" + Ns)`` (32 bytes) + a 32-byte
-   random nonce ``Nc`` + an optional client *hello* of at most
-   ``MAX_HELLO`` bytes (the manager uses it to send the client's session id).
+The server speaks first, in the stdlib's form, so that a client of plain
+``multiprocessing.managers`` can answer it too (see "Stdlib peers" below):
+
+1. server -> client: ``CHALLENGE`` + ``M``, where the message
+   ``M = SHA256_PREFIX + MAGIC + Ns`` (``Ns``: 32 random bytes).  ``MAGIC``
+   (``FASTMGR`` and the protocol version, 8 bytes) tells a fastmgr client
+   that a fastmgr server speaks; after ``{sha256}`` a stdlib server sends
+   random bytes, which begin with ``FASTMGR`` once in 2**56 connections.
+2. client -> server: ``MAGIC`` + ``HMAC-SHA256(key, b"C" + M)`` (32 bytes)
+   + a 32-byte random nonce ``Nc`` + an optional client *hello* of at most
+   ``MAX_HELLO`` bytes (the manager uses it to send the client's session
+   id).  No stdlib answer begins with ``MAGIC`` (theirs are 16 bytes, or
+   begin with ``{``).
 3. server -> client: ``FAILURE`` if the digest is wrong (the server then
    closes), else ``WELCOME`` + ``HMAC-SHA256(key, b"S" + Nc)``.
-The different prefixes ``C``/``S`` stop a peer from reflecting a challenge.
+The different prefixes ``C``/``S`` stop a peer from reflecting a challenge;
+the nonces of both sides, from replaying one.  A client whose ``MAGIC``
+carries another version, or a server's, is told so (AuthenticationError).
+A server that refuses a client for a reason other than its key sends
+``FAILURE`` + a space + the reason in ASCII (say, ``this server requires
+TLS``), which a fastmgr client shows; a stdlib client sees a rejection.
 
 Shared-memory rings (unix sockets only, both ends compiled)
 ------------------------------------------------------------
@@ -52,6 +66,43 @@ safe); u32 reader_waiting; u32 writer_waiting: each group on its own
 Every handshake frame is at most ``MAX_HANDSHAKE_FRAME`` bytes; a longer or
 malformed one, a wrong digest, or a foreign magic raises
 ``multiprocessing.AuthenticationError`` on the side that sees it.
+
+Stdlib peers
+------------
+A client or server of plain ``multiprocessing.managers`` (CPython 3.10 to
+3.13) speaks the stdlib's handshake and then pickles.  The handshake above
+tells such a peer apart, and ``_handshake.py`` can authenticate it the
+stdlib's way (the bytes of fastmgr-to-fastmgr connections do not change).
+
+The stdlib's handshake: each side answers the other's ``CHALLENGE`` +
+message with an HMAC of the message, then hears ``WELCOME`` or
+``FAILURE``; the server challenges first, then the client.  Python 3.10
+and 3.11 send 20 random bytes and answer with the raw 16-byte HMAC-MD5 of
+whatever message comes; 3.12 and later send ``{sha256}`` + 40 random
+bytes, answer ``{name}`` + the HMAC of the digest the message names, and
+take a raw HMAC-MD5 answer from the older ones.  So:
+
+- *fastmgr server, stdlib client*: the client answers step 1 the stdlib's
+  way: ``{sha256}`` + HMAC-SHA256(key, M) from 3.12 on, a raw
+  HMAC-MD5(key, M) before.  The server checks it, sends ``WELCOME``,
+  answers the client's challenge as the stdlib does (MD5 only for a
+  20-byte challenge) and waits for its ``WELCOME``.
+- *fastmgr client, stdlib server*: a challenge without ``MAGIC`` is the
+  stdlib's; the client answers it as the stdlib does, then challenges the
+  server with ``{sha256}`` + ``CLIENT_MAGIC`` + 40 random bytes and accepts
+  a raw HMAC-MD5 answer only from a server whose own challenge was the
+  20-byte kind.
+
+The stdlib's handshake proves the key the same way in both directions, so
+a side that answers any challenge can be made to answer someone else's (an
+impostor server sends a client the challenge it got from that client on
+another connection, and returns the answer).  No fastmgr process answers a
+challenge that begins with ``{name}`` + ``MAGIC_FAMILY``: so fastmgr's own
+challenges, to stdlib clients (``MAGIC``) and to stdlib servers
+(``CLIENT_MAGIC``), are answered only by a peer that knows the key, or by
+a stdlib process that shares it.  Where no stdlib process has the key, an
+impostor can no more pass as a stdlib server to a fastmgr client than as a
+fastmgr server.
 
 Values (the codec)
 ------------------
@@ -123,16 +174,33 @@ text as ``RESP_FAILURE``; for any other value, the traceback of the
 encoding error as ``RESP_FAILURE``.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
-#: first four bytes of the server's challenge; the last byte is the version
-MAGIC = b"FMG\x01"
+#: after the digest name of the server's challenge, and first in the
+#: client's answer: the last byte is the protocol version
+MAGIC = b"FASTMGR" + bytes([PROTOCOL_VERSION])
+MAGIC_FAMILY = MAGIC[:-1]
+#: begins a fastmgr client's challenge to a stdlib server: no fastmgr process
+#: answers a challenge that begins with MAGIC_FAMILY (see "Stdlib peers")
+CLIENT_MAGIC = MAGIC_FAMILY + b"\x00"
+#: how protocol 1 servers began their challenge (to name the mismatch)
+MAGIC_V1 = b"FMG\x01"
+CHALLENGE = b"#CHALLENGE#"
+SHA256_PREFIX = b"{sha256}"
 NONCE_SIZE = 32
 DIGEST_SIZE = 32
 MAX_HELLO = 64
 MAX_HANDSHAKE_FRAME = 256
 WELCOME = b"#WELCOME#"
 FAILURE = b"#FAILURE#"
+#: random bytes after ``{sha256}`` in a challenge to a stdlib server (as 3.12's)
+STDLIB_MESSAGE = 40
+#: the length of a challenge message from Python 3.10 and 3.11 (MD5 only)
+STDLIB_LEGACY_MESSAGE = 20
+MD5_DIGEST_SIZE = 16
+#: what a handshake tells (see "Stdlib peers")
+DIALECT_FASTMGR = "fastmgr"
+DIALECT_STDLIB = "stdlib"
 RING_HELLO = b"#RING2"  # the ring layout with detours
 RING_OFFER = b"#RING-OFFER#"
 RING_ACCEPT = b"#RING-OK#"

@@ -152,7 +152,7 @@ def test_huge_length_header(server, header):
     for _ in range(20):
         with H.raw_connect(server.address) as sock:
             challenge = H.read_frame(sock)
-            assert challenge.startswith(P.MAGIC)
+            assert challenge.startswith(P.CHALLENGE + P.SHA256_PREFIX + P.MAGIC)
             sock.sendall(header)
             t0 = time.monotonic()
             assert H.closed_by_peer(sock, 5)

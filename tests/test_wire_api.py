@@ -41,7 +41,8 @@ def test_backend_describe_names_the_wire():
 #: _protocol.py's numbers that only Python code reads (the handshake's, and
 #: the pickle protocol): every other one is compiled into _wire as well
 PYTHON_ONLY = {"PROTOCOL_VERSION", "NONCE_SIZE", "DIGEST_SIZE", "MAX_HELLO",
-               "MAX_HANDSHAKE_FRAME", "PICKLE_PROTOCOL", "DEFAULT_MAX_MESSAGE"}
+               "MAX_HANDSHAKE_FRAME", "PICKLE_PROTOCOL", "DEFAULT_MAX_MESSAGE",
+               "STDLIB_MESSAGE", "STDLIB_LEGACY_MESSAGE", "MD5_DIGEST_SIZE"}
 
 
 def test_compiled_constants_agree_with_protocol(compiled_wire):

@@ -6,6 +6,7 @@ import multiprocessing.connection
 import os
 import socket
 import struct
+import sys
 import time
 
 import pytest
@@ -326,6 +327,14 @@ def test_call_times_out(pair):
 
 
 KEY = b"secret key"
+#: what a fastmgr server's challenge message M starts with (then its nonce)
+M_HEAD = P.SHA256_PREFIX + P.MAGIC
+
+
+def fastmgr_challenge(nonce):
+    """A fastmgr server's challenge frame body with nonce, and its message M."""
+    message = M_HEAD + nonce
+    return P.CHALLENGE + message, message
 
 
 def test_handshake(pair, impls):
@@ -364,16 +373,18 @@ def test_handshake_bytes_on_the_wire(wire, transport):
     try:
         server = Worker(wire.deliver_challenge, conn, KEY)
         challenge = peer.recv_bytes()
-        assert len(challenge) == 4 + P.NONCE_SIZE and challenge[:4] == P.MAGIC
+        assert challenge.startswith(b"#CHALLENGE#{sha256}FASTMGR\x02")
+        assert len(challenge) == len(P.CHALLENGE) + len(M_HEAD) + P.NONCE_SIZE
+        m = challenge[len(P.CHALLENGE):]
         nc = b"n" * P.NONCE_SIZE
-        peer.send_bytes(hmac.new(KEY, b"C" + challenge[4:], hashlib.sha256).digest() + nc + b"hi")
+        peer.send_bytes(P.MAGIC + hmac.new(KEY, b"C" + m, hashlib.sha256).digest() + nc + b"hi")
         assert peer.recv_bytes() == P.WELCOME + hmac.new(KEY, b"S" + nc, "sha256").digest()
         assert server.outcome() == b"hi"
 
         # and a wrong digest gets FAILURE before the error
         server = Worker(wire.deliver_challenge, conn, KEY)
-        challenge = peer.recv_bytes()
-        peer.send_bytes(hmac.new(KEY, b"S" + challenge[4:], "sha256").digest() + nc)  # a reflection
+        m = peer.recv_bytes()[len(P.CHALLENGE):]
+        peer.send_bytes(P.MAGIC + hmac.new(KEY, b"S" + m, "sha256").digest() + nc)  # a reflection
         assert peer.recv_bytes() == P.FAILURE
         with pytest.raises(AuthenticationError):
             server.outcome()
@@ -388,13 +399,14 @@ def test_client_against_a_hand_made_server(wire, transport):
     conn = wire.Connection(ours)
     peer = multiprocessing.connection.Connection(os.dup(theirs.fileno()))
     try:
-        ns = os.urandom(P.NONCE_SIZE)
-        peer.send_bytes(P.MAGIC + ns)
+        challenge, m = fastmgr_challenge(os.urandom(P.NONCE_SIZE))
+        peer.send_bytes(challenge)
         client = Worker(wire.answer_challenge, conn, KEY, b"hello")
         answer = peer.recv_bytes()
-        assert answer[:32] == hmac.new(KEY, b"C" + ns, "sha256").digest()
-        assert len(answer) == 32 + 32 + 5 and answer[64:] == b"hello"
-        peer.send_bytes(P.WELCOME + hmac.new(KEY, b"S" + answer[32:64], "sha256").digest())
+        assert answer[:8] == P.MAGIC
+        assert answer[8:40] == hmac.new(KEY, b"C" + m, "sha256").digest()
+        assert len(answer) == 8 + 32 + 32 + 5 and answer[72:] == b"hello"
+        peer.send_bytes(P.WELCOME + hmac.new(KEY, b"S" + answer[40:72], "sha256").digest())
         assert client.outcome() is None
     finally:
         peer.close()
@@ -409,9 +421,9 @@ def test_client_refuses_a_proof_with_trailing_bytes(wire, transport):
     conn = wire.Connection(ours)
     peer = multiprocessing.connection.Connection(os.dup(theirs.fileno()))
     try:
-        peer.send_bytes(P.MAGIC + os.urandom(P.NONCE_SIZE))
+        peer.send_bytes(fastmgr_challenge(os.urandom(P.NONCE_SIZE))[0])
         client = Worker(wire.answer_challenge, conn, KEY)
-        nc = peer.recv_bytes()[32:64]
+        nc = peer.recv_bytes()[40:72]
         peer.send_bytes(P.WELCOME + hmac.new(KEY, b"S" + nc, "sha256").digest() + b"x")
         with pytest.raises(AuthenticationError):
             client.outcome()
@@ -443,11 +455,142 @@ def test_handshake_needs_only_send_bytes_and_recv_bytes():
         b.close()
 
 
+# -- the stdlib's handshake (see also tests/test_stdlib_wire.py) ---------------
+
+
+def _this_pythons_digest():
+    return "md5" if sys.version_info < (3, 12) else "sha256"
+
+
+def test_server_handshake_with_this_pythons_stdlib_client(wire):
+    """A client running multiprocessing.connection's own functions (this
+    Python's) is told apart and authenticated, with its best digest."""
+    from fastmgr import _handshake
+
+    a, b = socket.socketpair()
+    ours, theirs = wire.Connection(a), multiprocessing.connection.Connection(b.detach())
+    try:
+        client = Worker(lambda: (multiprocessing.connection.answer_challenge(theirs, KEY),
+                                 multiprocessing.connection.deliver_challenge(theirs, KEY)))
+        greeting = _handshake.server_handshake(ours, KEY)
+        assert greeting == (P.DIALECT_STDLIB, b"", _this_pythons_digest())
+        client.outcome()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_client_handshake_with_this_pythons_stdlib_server(wire):
+    from fastmgr import _handshake
+
+    a, b = socket.socketpair()
+    ours, theirs = wire.Connection(a), multiprocessing.connection.Connection(b.detach())
+    try:
+        server = Worker(lambda: (multiprocessing.connection.deliver_challenge(theirs, KEY),
+                                 multiprocessing.connection.answer_challenge(theirs, KEY)))
+        assert _handshake.client_handshake(ours, KEY, stdlib_servers=True) == P.DIALECT_STDLIB
+        server.outcome()
+        # without stdlib_servers, such a server is refused before any answer
+        server = Worker(multiprocessing.connection.deliver_challenge, theirs, KEY)
+        with pytest.raises(AuthenticationError, match="plain multiprocessing.managers"):
+            _handshake.client_handshake(ours, KEY)
+    finally:
+        ours.close()
+        theirs.close()
+        server.join(10)
+
+
+def test_a_stdlib_clients_wrong_key_or_refusal_gets_failure(wire):
+    from fastmgr import _handshake
+
+    for key, refusal, error in [(b"wrong", None, "digest received was wrong"),
+                                (KEY, "not here", "not here")]:
+        a, b = socket.socketpair()
+        ours, theirs = wire.Connection(a), multiprocessing.connection.Connection(b.detach())
+        try:
+            client = Worker(multiprocessing.connection.answer_challenge, theirs, key)
+            with pytest.raises(AuthenticationError, match=error):
+                _handshake.server_handshake(ours, KEY, refusal)
+            with pytest.raises(AuthenticationError, match="rejected"):
+                client.outcome()
+        finally:
+            ours.close()
+            theirs.close()
+
+
+def test_an_impostor_cannot_reflect_a_fastmgr_clients_challenge(wire):
+    """The stdlib's handshake is the same both ways.  An impostor server
+    (without the key) that plays a legacy stdlib server needs the answer to
+    the client's own challenge: it sends that challenge to the client (or
+    to any fastmgr process) on a second connection.  It is not answered."""
+    from fastmgr import _handshake
+
+    pairs = [socket.socketpair() for _ in range(2)]
+    clients = [wire.Connection(a) for a, _ in pairs]
+    impostor = [multiprocessing.connection.Connection(b.detach()) for _, b in pairs]
+    try:
+        first = Worker(_handshake.client_handshake, clients[0], KEY, b"", True)
+        impostor[0].send_bytes(P.CHALLENGE + os.urandom(P.STDLIB_LEGACY_MESSAGE))
+        impostor[0].recv_bytes()                      # the client's answer (MD5)
+        impostor[0].send_bytes(P.WELCOME)             # accepted, whatever it was
+        theirs = impostor[0].recv_bytes()             # the client's own challenge
+        assert theirs.startswith(P.CHALLENGE + P.SHA256_PREFIX + P.CLIENT_MAGIC)
+
+        second = Worker(_handshake.client_handshake, clients[1], KEY, b"", True)
+        impostor[1].send_bytes(theirs)                # reflected
+        with pytest.raises(AuthenticationError, match="not answered"):
+            second.outcome()
+        impostor[0].send_bytes(P.SHA256_PREFIX + os.urandom(32))
+        with pytest.raises(AuthenticationError):
+            first.outcome()
+    finally:
+        for conn in clients + impostor:
+            conn.close()
+
+
+def test_a_legacy_answer_after_a_modern_challenge_is_refused(wire):
+    """A server whose challenge named sha256 knows it: its raw HMAC-MD5
+    answer to the client's challenge is a downgrade, refused."""
+    from fastmgr import _handshake
+
+    a, b = socket.socketpair()
+    ours, theirs = wire.Connection(a), multiprocessing.connection.Connection(b.detach())
+    try:
+        client = Worker(_handshake.client_handshake, ours, KEY, b"", True)
+        message = P.SHA256_PREFIX + os.urandom(40)
+        theirs.send_bytes(P.CHALLENGE + message)
+        assert theirs.recv_bytes() == P.SHA256_PREFIX + hmac.new(KEY, message, "sha256").digest()
+        theirs.send_bytes(P.WELCOME)
+        challenge = theirs.recv_bytes()[len(P.CHALLENGE):]
+        theirs.send_bytes(hmac.new(KEY, challenge, "md5").digest())
+        with pytest.raises(AuthenticationError, match="knows better"):
+            client.outcome()
+        assert theirs.recv_bytes() == P.FAILURE
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("challenge", [
+    P.SHA256_PREFIX + P.MAGIC + b"n" * P.NONCE_SIZE,           # a fastmgr server's
+    P.SHA256_PREFIX + P.CLIENT_MAGIC + b"n" * P.STDLIB_MESSAGE,  # a fastmgr client's
+    b"{md5}" + P.CLIENT_MAGIC + b"n" * P.STDLIB_MESSAGE,
+])
+def test_no_fastmgr_challenge_is_answered_the_stdlibs_way(challenge):
+    from fastmgr import _handshake_stdlib
+
+    with pytest.raises(AuthenticationError, match="not answered"):
+        _handshake_stdlib.response(KEY, challenge)
+
+
 BAD_CHALLENGES = [
-    P.MAGIC + b"x" * 31,  # short nonce
-    P.MAGIC + b"x" * 33,  # long nonce
-    b"FMG\x02" + b"x" * 32,  # another protocol version
-    b"#CHALLENGE#" + b"x" * 40,  # the stdlib's challenge
+    P.CHALLENGE + M_HEAD + b"x" * 31,  # short nonce
+    P.CHALLENGE + M_HEAD + b"x" * 33,  # long nonce
+    P.CHALLENGE + P.SHA256_PREFIX + b"FASTMGR\x03" + b"x" * 32,  # another protocol version
+    b"FMG\x01" + b"x" * 32,  # protocol 1
+    P.MAGIC + b"x" * 32,  # no challenge
+    b"#CHALLENGE#" + b"x" * 40,  # the stdlib's challenge (3.11)
+    b"#CHALLENGE#{sha256}" + b"x" * 40,  # the stdlib's challenge (3.12)
     b"y" * (P.MAX_HANDSHAKE_FRAME + 1),  # too long
 ]
 
@@ -470,7 +613,8 @@ def test_client_refuses_a_bad_challenge(half, wire, challenge):
 def test_client_refuses_a_bad_reply(half, wire, reply):
     conn, theirs = half
     conn.timeout = 10
-    theirs.sendall(struct.pack("!i", 36) + P.MAGIC + b"n" * 32)
+    challenge = fastmgr_challenge(b"n" * 32)[0]
+    theirs.sendall(struct.pack("!i", len(challenge)) + challenge)
     theirs.sendall(struct.pack("!i", len(reply)) + reply)
     with pytest.raises(AuthenticationError):
         wire.answer_challenge(conn, KEY)
@@ -481,7 +625,10 @@ def test_client_refuses_a_bad_reply(half, wire, reply):
     b"\xff\xff\xff\xf0garbage",  # a negative length
     b"\x00\x00\x01\x01" + b"q" * 257,  # a frame over MAX_HANDSHAKE_FRAME
     b"\x00\x00\x00\x05short",  # too short to hold a digest and a nonce
-    b"\x00\x00\x00\x81" + b"q" * 129,  # a hello of MAX_HELLO + 1 bytes
+    b"\x00\x00\x00\x89" + P.MAGIC + b"q" * 129,  # a hello of MAX_HELLO + 1 bytes
+    b"\x00\x00\x00\x10" + b"q" * 16,  # a wrong HMAC-MD5, as a stdlib client's
+    b"\x00\x00\x00\x28{sha256}" + b"q" * 32,  # a wrong HMAC-SHA256, as a stdlib client's
+    b"\x00\x00\x00\x48FASTMGR\x03" + b"q" * 64,  # another protocol version
 ])
 def test_server_refuses_garbage(half, wire, garbage):
     conn, theirs = half
@@ -498,8 +645,9 @@ def test_server_refuses_too_long_hello_with_right_digest(half, wire):
     server = Worker(wire.deliver_challenge, conn, KEY)
     peer = multiprocessing.connection.Connection(os.dup(theirs.fileno()))
     try:
-        ns = peer.recv_bytes()[4:]
-        peer.send_bytes(hmac.new(KEY, b"C" + ns, "sha256").digest() + b"n" * 32 + b"h" * (P.MAX_HELLO + 1))
+        m = peer.recv_bytes()[len(P.CHALLENGE):]
+        peer.send_bytes(P.MAGIC + hmac.new(KEY, b"C" + m, "sha256").digest() + b"n" * 32
+                        + b"h" * (P.MAX_HELLO + 1))
         with pytest.raises(AuthenticationError):
             server.outcome()
     finally:

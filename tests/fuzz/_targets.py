@@ -139,8 +139,12 @@ def fix_nonces():
     os.urandom = lambda n: FIXED_NONCE_BYTE * n
 
 
-def _digest(prefix, nonce):
-    return hmac.new(KEY, prefix + nonce, "sha256").digest()
+def _digest(prefix, message):
+    return hmac.new(KEY, prefix + message, "sha256").digest()
+
+
+#: the server's challenge message once nonces are fixed
+FIXED_MESSAGE = P.SHA256_PREFIX + P.MAGIC + FIXED_NONCE_BYTE * P.NONCE_SIZE
 
 
 def _pair():
@@ -266,12 +270,19 @@ def handshake_target(data, mods):
        sends must be a well-formed response.
     2: the bytes as a server's side: the client must refuse them with
        AuthenticationError or EOFError.
+    3: a stdlib client's valid answer (HMAC-MD5 or {sha256}, by data[1]),
+       then data's remaining bytes as its challenge and what follows: the
+       server must authenticate it or refuse with AuthenticationError or
+       EOFError, and decode nothing.
+    4: the bytes as a stdlib server's side, to a client that takes stdlib
+       servers: it must accept or refuse with AuthenticationError or
+       EOFError.
     """
     data = bytes(data)
     if not data:
         return
-    mode = data[0] % 3
-    serializer = SERIALIZERS[(data[0] // 3) % 2]
+    mode = data[0] % 5
+    serializer = SERIALIZERS[(data[0] // 5) % 2]
     rest = data[1:]
     results = []
     if mode in (0, 1):
@@ -282,7 +293,7 @@ def handshake_target(data, mods):
             hello_len = rest[P.NONCE_SIZE] % 81 if len(rest) > P.NONCE_SIZE else 0
             hello = rest[P.NONCE_SIZE + 1:P.NONCE_SIZE + 1 + hello_len]
             garbage = rest[P.NONCE_SIZE + 1 + hello_len:]
-            answer = _digest(b"C", FIXED_NONCE_BYTE * P.NONCE_SIZE) + nonce + hello
+            answer = P.MAGIC + _digest(b"C", FIXED_MESSAGE) + nonce + hello
             stream = struct.pack("!i", len(answer)) + answer + garbage
         for mod in mods:
             out, written = _server_run(mod, serializer, stream)
@@ -292,6 +303,10 @@ def handshake_target(data, mods):
                 seen = _replies(mod, written, serializer)
             results.append((mod.IMPLEMENTATION, (out, seen)))
         agree("server handshake (mode %d, %s)" % (mode, serializer), results)
+    elif mode == 3:
+        stdlib_server_side(rest, mods)
+    elif mode == 4:
+        stdlib_client_side(rest, mods)
     else:
         hello = b"h" * (data[0] % 5)
         for mod in mods:
@@ -312,6 +327,61 @@ def handshake_target(data, mods):
                 cli.close()
             results.append((mod.IMPLEMENTATION, out))
         agree("client handshake", results)
+
+
+def stdlib_answer(legacy):
+    """A stdlib client's right answer to the fixed challenge."""
+    if legacy:
+        return hmac.new(KEY, FIXED_MESSAGE, "md5").digest()
+    return P.SHA256_PREFIX + hmac.new(KEY, FIXED_MESSAGE, "sha256").digest()
+
+
+def stdlib_server_side(rest, mods):
+    """Mode 3 of handshake_target."""
+    from fastmgr import _handshake
+    answer = stdlib_answer(bool(rest[:1]) and rest[0] % 2 == 0)
+    stream = struct.pack("!i", len(answer)) + answer + rest[1:]
+    results = []
+    for mod in mods:
+        srv, cli = _pair()
+        try:
+            cli.sendall(stream)
+            cli.shutdown(socket.SHUT_WR)
+            conn = mod.Connection(srv, codec=mod.Codec("safe"), max_message=MAX_MESSAGE)
+            conn.timeout = 5
+            try:
+                out = _handshake.server_handshake(conn, KEY)[::2]  # (dialect, digest)
+            except (AuthenticationError, EOFError) as exc:
+                out = type(exc).__name__
+            conn.close()
+        finally:
+            srv.close()
+            cli.close()
+        results.append((mod.IMPLEMENTATION, out))
+    agree("stdlib client's handshake", results)
+
+
+def stdlib_client_side(rest, mods):
+    """Mode 4 of handshake_target."""
+    from fastmgr import _handshake
+    results = []
+    for mod in mods:
+        srv, cli = _pair()
+        try:
+            srv.sendall(rest)
+            srv.shutdown(socket.SHUT_WR)
+            conn = mod.Connection(cli, codec=mod.Codec("safe"))
+            conn.timeout = 5
+            try:
+                out = _handshake.client_handshake(conn, KEY, stdlib_servers=True)
+            except (AuthenticationError, EOFError) as exc:
+                out = type(exc).__name__
+            conn.close()
+        finally:
+            srv.close()
+            cli.close()
+        results.append((mod.IMPLEMENTATION, out))
+    agree("handshake with a stdlib server", results)
 
 
 MAX_MESSAGE = 1 << 20  # the served connection's limit in the handshake target
@@ -341,9 +411,25 @@ def seeds():
                    for ident, m, a in [(1, "echo", (1,)), (1, "boom", ("x",)), (2, "make", ()),
                                        (0, "dummy", ()), (7, "echo", ()), (1, "nope", ())])
     hs["valid-then-calls"] = b"\x01" + b"N" * 32 + b"\x10" + b"h" * 16 + req
-    hs["valid-then-garbage"] = b"\x04" + b"N" * 32 + b"\x00" + b"\x00\x00\x00\x05\x01\x00"
+    hs["valid-then-garbage"] = b"\x06" + b"N" * 32 + b"\x00" + b"\x00\x00\x00\x05\x01\x00"
     hs["raw-answer"] = b"\x00" + w.frame(b"x" * 64)
     hs["huge-length"] = b"\x00" + b"\x7f\xff\xff\xff"
     hs["4gib-length"] = b"\x00" + b"\xff\xff\xff\xff" + struct.pack("!Q", 4 << 30)
-    hs["client-side"] = b"\x02" + w.frame(P.MAGIC + b"n" * 32) + w.frame(P.WELCOME + b"d" * 32)
+    challenge = P.CHALLENGE + P.SHA256_PREFIX + P.MAGIC + b"n" * 32
+    hs["client-side"] = b"\x02" + w.frame(challenge) + w.frame(P.WELCOME + b"d" * 32)
+    hs["stdlib-answer-md5"] = b"\x03" + b"\x00" + w.frame(P.CHALLENGE + b"c" * 20) + w.frame(P.WELCOME)
+    hs["stdlib-answer-sha256"] = (b"\x03" + b"\x01" + w.frame(P.CHALLENGE + P.SHA256_PREFIX + b"c" * 40)
+                                  + w.frame(P.WELCOME))
+    hs["stdlib-client-no-challenge"] = b"\x03" + b"\x00" + w.frame(b"c" * 20)
+    # the client's own challenge, once nonces are fixed, and a server's right answers
+    ours = P.SHA256_PREFIX + P.CLIENT_MAGIC + FIXED_NONCE_BYTE * P.STDLIB_MESSAGE
+    md5 = hmac.new(KEY, ours, "md5").digest()
+    sha256 = P.SHA256_PREFIX + hmac.new(KEY, ours, "sha256").digest()
+    hs["stdlib-server-legacy"] = (b"\x04" + w.frame(P.CHALLENGE + b"s" * 20) + w.frame(P.WELCOME)
+                                  + w.frame(md5))
+    hs["stdlib-server-modern"] = (b"\x04" + w.frame(P.CHALLENGE + P.SHA256_PREFIX + b"s" * 40)
+                                  + w.frame(P.WELCOME) + w.frame(sha256))
+    hs["stdlib-server-modern-md5"] = (b"\x04" + w.frame(P.CHALLENGE + P.SHA256_PREFIX + b"s" * 40)
+                                      + w.frame(P.WELCOME) + w.frame(md5))
+    hs["stdlib-server-reflects"] = b"\x04" + w.frame(P.CHALLENGE + ours)
     return {"decoder": dec, "handshake": hs}
