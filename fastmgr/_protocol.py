@@ -70,9 +70,9 @@ malformed one, a wrong digest, or a foreign magic raises
 Stdlib peers
 ------------
 A client or server of plain ``multiprocessing.managers`` (CPython 3.10 to
-3.13) speaks the stdlib's handshake and then pickles.  The handshake above
-tells such a peer apart, and ``_handshake.py`` can authenticate it the
-stdlib's way (the bytes of fastmgr-to-fastmgr connections do not change).
+3.13) speaks the stdlib's handshake and then pickles; a fastmgr server
+serves such clients, telling them apart in the handshake above (the bytes
+of fastmgr-to-fastmgr connections do not change).
 
 The stdlib's handshake: each side answers the other's ``CHALLENGE`` +
 message with an HMAC of the message, then hears ``WELCOME`` or
@@ -103,6 +103,25 @@ challenges, to stdlib clients (``MAGIC``) and to stdlib servers
 a stdlib process that shares it.  Where no stdlib process has the key, an
 impostor can no more pass as a stdlib server to a fastmgr client than as a
 fastmgr server.
+
+After that, every frame body is a pickle (protocol 4) of the stdlib's
+tuples: requests ``(ident, method, args, kwds)``, with ident ``None`` for
+the manager's own requests (``create``, ``incref``, ``decref``,
+``get_methods``, ``accept_connection``, ``dummy``, ``debug_info``,
+``number_of_objects``, ``shutdown``); replies ``('#RETURN', value)``,
+``('#ERROR', exception)``, ``('#TRACEBACK', text)``, ``('#PROXY',
+(exposed, token))``, ``('#UNSERIALIZABLE', text)``.  As in the stdlib, a
+manager request is the only request of its connection, except
+``accept_connection``, after which the connection carries method calls.
+A fastmgr server counts a stdlib client's references for its process,
+where it can tell the process, and frees them when it exits
+(``_stdlib_server.py``).  Idents are strings (fastmgr's integer ``i`` is ``'%x' % i``); proxies,
+tokens, Namespace and Value cross as the stdlib's classes.  A server whose
+serializer is not ``pickle`` refuses stdlib clients (they would make it
+unpickle), and so does a server told ``stdlib_clients=False`` or serving
+TLS (which the stdlib's client cannot speak: a TLS server gives a client
+that sends no TLS hello within ``PLAINTEXT_WAIT`` seconds a challenge and
+then ``FAILURE``).
 
 Values (the codec)
 ------------------
@@ -198,6 +217,9 @@ STDLIB_MESSAGE = 40
 #: the length of a challenge message from Python 3.10 and 3.11 (MD5 only)
 STDLIB_LEGACY_MESSAGE = 20
 MD5_DIGEST_SIZE = 16
+#: seconds a TLS server waits for a client's TLS hello before it takes the
+#: client for one without TLS (a stdlib client waits for the server instead)
+PLAINTEXT_WAIT = 3.0
 #: what a handshake tells (see "Stdlib peers")
 DIALECT_FASTMGR = "fastmgr"
 DIALECT_STDLIB = "stdlib"

@@ -64,7 +64,8 @@ def main(args):
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     manager_class = load_manager_class(args.spec)
     manager = manager_class(address=parse_address(args.address), authkey=read_authkey(args),
-                            serializer=args.serializer, ssl_context=server_ssl_context(args))
+                            serializer=args.serializer, ssl_context=server_ssl_context(args),
+                            stdlib_clients=not args.no_stdlib_clients)
     server = manager.get_server()
 
     def stop(signum, frame):

@@ -51,6 +51,9 @@ def build_parser():
     serve.add_argument("--serializer", default="pickle", choices=["pickle", "safe"],
                        help="'safe' never unpickles: only None, bool, int, float, str, bytes, "
                             "tuple, list and dict cross the wire (default: pickle)")
+    serve.add_argument("--no-stdlib-clients", action="store_true",
+                       help="refuse clients of plain multiprocessing.managers (served by "
+                            "default, in their own format: pickle; never with 'safe' or TLS)")
     serve.add_argument("--certfile", metavar="PEM", help="serve TLS with this certificate chain")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--cafile", metavar="PEM",

@@ -7,6 +7,7 @@ those of the stdlib: a ``(host, port)`` tuple for TCP (an IPv6 host such as
 """
 import fcntl
 import os
+import select
 import socket
 import struct
 from multiprocessing import connection as _mpc
@@ -215,3 +216,11 @@ def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=No
         conn.close()
         raise
     return conn
+
+
+def sends_nothing(sock, seconds=P.PLAINTEXT_WAIT):
+    """Whether a newly accepted peer stays silent for seconds: not a TLS
+    client (which speaks first), but one waiting for a challenge."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return not poller.poll(int(seconds * 1000))

@@ -64,7 +64,7 @@ class BaseManager:
 
     def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
                  shutdown_timeout=1.0, timeout=None, connect_timeout=None, ssl_context=None,
-                 client_ssl_context=None, spin_us=None):
+                 client_ssl_context=None, spin_us=None, stdlib_clients=True):
         """As the stdlib's, plus (keywords only):
 
         timeout: seconds each proxy call may take (None: no limit); a proxy
@@ -77,6 +77,10 @@ class BaseManager:
             server's (start() with TLS needs both).
         spin_us: microseconds a waiting thread spins before it blocks
             (0: never; None: FASTMGR_SPIN_US, default 50).
+        stdlib_clients: whether the server this manager runs serves clients
+            of plain multiprocessing.managers too (they speak pickle; a
+            server whose serializer is not 'pickle', or that serves TLS,
+            refuses them whatever this says).
         """
         if authkey is None:
             authkey = process.current_process().authkey
@@ -96,6 +100,7 @@ class BaseManager:
         self._ssl_context = ssl_context
         self._client_ssl_context = client_ssl_context
         self._spin_us = spin_us
+        self._stdlib_clients = stdlib_clients
 
     @property
     def address(self):
@@ -116,7 +121,7 @@ class BaseManager:
     def _server_options(self):
         ctx = self._ssl_context
         return {"ssl_context": ctx if ctx is not None and _server_side(ctx) else None,
-                "spin_us": self._spin_us}
+                "spin_us": self._spin_us, "stdlib_clients": self._stdlib_clients}
 
     def get_server(self):
         """A server for this manager's registry, to run with serve_forever()."""

@@ -11,6 +11,9 @@ kept per *session*, one session per client process: a session's references
 go when its last connection closes, so a client that dies, even by SIGKILL,
 leaves nothing behind.  Ident 0 on every connection is that connection's
 ``Control`` object: create, incref, decref and the other manager requests.
+A client of plain ``multiprocessing.managers``, told apart in the
+handshake, is served in the stdlib's format on a thread of its own
+(``_stdlib_server.py``), on the same objects.
 """
 import functools
 import itertools
@@ -20,10 +23,11 @@ import sys
 import threading
 from multiprocessing import pool, process
 
+from . import _handshake
 from . import _protocol as P
 from ._backend import wire
-from ._handshake import deliver_challenge
-from .connection import HANDSHAKE_TIMEOUT, Listener, answer_ring
+from ._stdlib_server import ClientProcesses, serve_stdlib_client
+from .connection import HANDSHAKE_TIMEOUT, Listener, answer_ring, sends_nothing
 from .errors import AuthenticationError, ProtocolError
 
 __all__ = ["Server", "public_methods", "all_methods"]
@@ -114,7 +118,7 @@ class Server:
     control_class = Control
 
     def __init__(self, registry, address, authkey, serializer, *, max_message=None,
-                 ssl_context=None, spin_us=None):
+                 ssl_context=None, spin_us=None, stdlib_clients=True):
         if not isinstance(authkey, bytes):
             raise TypeError("Authkey {0!r} is type {1!s}, not bytes".format(authkey, type(authkey)))
         self.registry = registry
@@ -134,6 +138,8 @@ class Server:
         self._idents = itertools.count(1)
         self._connections = set()
         self.hub = wire.Hub(self.table, self.fallback, _start_thread, spin_us)
+        self.stdlib_refusal = _stdlib_refusal(serializer, ssl_context, stdlib_clients)
+        self.client_processes = ClientProcesses(self)
 
     # -- running -----------------------------------------------------------
 
@@ -176,28 +182,43 @@ class Server:
         self.stop_event.set()
         self.hub.close()
         self.listener.close()
+        self.client_processes.close()
         for conn in list(self._connections):
             conn.close()
 
     def handle_connection(self, sock, peer=None):
-        """Authenticate a new connection, then hand it to the hub."""
+        """Authenticate a new connection, then hand it to the hub (or, for a
+        client of plain multiprocessing.managers, serve it on this thread)."""
         conn = None
+        who = peer or "a local client"
         try:
+            if self.ssl_context is not None and sends_nothing(sock):
+                self._refuse_plaintext(sock, who)
+                return
             conn = self.listener.wrap(sock, self.ssl_context)
             if self.spin_us is not None:
                 conn.spin_us = self.spin_us
             conn.timeout = HANDSHAKE_TIMEOUT
-            session = bytes(deliver_challenge(conn, bytes(self.authkey)))
-            if self.ssl_context is None and session.endswith(P.RING_HELLO):
+            greeting = _handshake.server_handshake(conn, bytes(self.authkey), self.stdlib_refusal)
+            session = bytes(greeting.hello)
+            if greeting.dialect == P.DIALECT_FASTMGR and self.ssl_context is None and \
+                    session.endswith(P.RING_HELLO):
                 session = session[:-len(P.RING_HELLO)]
                 answer_ring(conn, sock)
             conn.timeout = None
-        except (AuthenticationError, ProtocolError, OSError, EOFError, ValueError) as exc:
-            log.warning("failed authentication from %s: %s", peer or "a local client", exc)
+        except _handshake.StdlibRefused as exc:
+            log.error("refused a client of multiprocessing.managers from %s: %s", who, exc)
             (conn or sock).close()
             return
-        log.info("connection from %s", peer or "a local client")
-        self._attach(session, conn)
+        except (AuthenticationError, ProtocolError, OSError, EOFError, ValueError) as exc:
+            log.warning("failed authentication from %s: %s", who, exc)
+            (conn or sock).close()
+            return
+        if greeting.dialect == P.DIALECT_STDLIB:
+            self._serve_stdlib(conn, sock, peer, greeting.digest)
+            return
+        log.info("connection from %s", who)
+        self.hold_session(session, conn)
         control = self.control_class(self, session)
         finished = functools.partial(self._finished, session, conn, peer)
         try:
@@ -207,24 +228,46 @@ class Server:
             conn.close()
             finished(exc)
 
+    def _refuse_plaintext(self, sock, who):
+        """A client without TLS at a TLS server: tell it no, plainly."""
+        conn = wire.Connection(sock, codec=self.codec)
+        try:
+            conn.timeout = HANDSHAKE_TIMEOUT
+            _handshake.refuse(conn, b"this server requires TLS")
+        except (AuthenticationError, OSError, EOFError):
+            pass
+        finally:
+            conn.close()
+        log.error("refused a client without TLS from %s: this server requires TLS (a client "
+                  "of plain multiprocessing.managers cannot speak it)", who)
+
+    def _serve_stdlib(self, conn, sock, peer, digest):
+        with self.mutex:
+            self._connections.add(conn)
+        serve_stdlib_client(self, conn, sock, peer, digest)
+
     def _finished(self, session, conn, peer, exc):
         """The hub is done with a connection (exc: why, None if it closed)."""
         if isinstance(exc, (OSError, EOFError)):
             log.info("dropping a connection: %s", exc)
         elif exc is not None:
             log.error("error serving a connection", exc_info=exc)
-        self._detach(session, conn)
+        self.release_session(session, conn)
         log.info("disconnection of %s", peer or "a local client")
 
-    def _attach(self, session, conn):
+    def hold_session(self, session, conn=None):
+        """One more holder of session's references: a connection (then
+        also closed with the server), or a client process that lives."""
         with self.mutex:
-            self._connections.add(conn)
+            if conn is not None:
+                self._connections.add(conn)
             self.sessions.setdefault(session, Session()).connections += 1
 
-    def _detach(self, session, conn):
-        """Forget a connection; the last one of a session frees its references."""
+    def release_session(self, session, conn=None):
+        """One holder less; the last one of a session frees its references."""
         with self.mutex:
-            self._connections.discard(conn)
+            if conn is not None:
+                self._connections.discard(conn)
             state = self.sessions[session]
             state.connections -= 1
             if state.connections or session == LOCAL_SESSION:
@@ -233,6 +276,10 @@ class Server:
             garbage = self._drop(state.refs.items())
         del garbage
         self.flush_local()
+
+    def forget_connection(self, conn):
+        with self.mutex:
+            self._connections.discard(conn)
 
     # -- the object table --------------------------------------------------
 
@@ -379,6 +426,20 @@ class Server:
                 address[0] in ("localhost", "127.0.0.1", "::1", "", "0.0.0.0", "::")
                 or address[0] == self.address[0])
         return False
+
+
+def _stdlib_refusal(serializer, ssl_context, stdlib_clients):
+    """Why this server refuses clients of plain multiprocessing.managers
+    (they speak pickle and no TLS), or None."""
+    if not stdlib_clients:
+        return ("this server does not serve them (stdlib_clients=False, or fastmgr serve "
+                "--no-stdlib-clients)")
+    if serializer != "pickle":
+        return ("they speak pickle, and this server's serializer %r never unpickles"
+                % serializer)
+    if ssl_context is not None:
+        return "this server requires TLS, which they cannot speak"
+    return None
 
 
 def _start_thread(fn, *args):

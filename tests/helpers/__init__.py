@@ -7,5 +7,6 @@ through ``PYTHONPATH`` or their working directory) and in ``tools/soak.py``.
 Test modules import from here, never from one another.
 
 One module per concern, named after the test module that uses it most:
-``extras``, ``hub``, ``programs``, ``reliability``, ``remote``.
+``extras``, ``hub``, ``programs``, ``reliability``, ``remote``,
+``stdlib_wire`` (and ``stdlib_peer``, a program run by plain CPythons).
 """
