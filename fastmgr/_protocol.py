@@ -71,8 +71,9 @@ Stdlib peers
 ------------
 A client or server of plain ``multiprocessing.managers`` (CPython 3.10 to
 3.13) speaks the stdlib's handshake and then pickles; a fastmgr server
-serves such clients, telling them apart in the handshake above (the bytes
-of fastmgr-to-fastmgr connections do not change).
+serves such clients and a fastmgr client uses such servers, telling them
+apart in the handshake above (the bytes of fastmgr-to-fastmgr connections
+do not change).
 
 The stdlib's handshake: each side answers the other's ``CHALLENGE`` +
 message with an HMAC of the message, then hears ``WELCOME`` or
@@ -116,8 +117,8 @@ manager request is the only request of its connection, except
 A fastmgr server counts a stdlib client's references for its process,
 where it can tell the process, and frees them when it exits
 (``_stdlib_server.py``).  Idents are strings (fastmgr's integer ``i`` is ``'%x' % i``); proxies,
-tokens, Namespace and Value cross as the stdlib's classes.  A server whose
-serializer is not ``pickle`` refuses stdlib clients (they would make it
+tokens, Namespace and Value cross as the stdlib's classes.  A server or
+client whose serializer is not ``pickle`` refuses stdlib peers (they would
 unpickle), and so does a server told ``stdlib_clients=False`` or serving
 TLS (which the stdlib's client cannot speak: a TLS server gives a client
 that sends no TLS hello within ``PLAINTEXT_WAIT`` seconds a challenge and

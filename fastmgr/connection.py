@@ -1,11 +1,14 @@
 """Listener and Client, shaped like ``multiprocessing.connection``'s.
 
 A connection is the wire's ``Connection``: framed, authenticated by the
-handshake of ``_protocol.py`` before anything is decoded.  Addresses are
+handshake of ``_protocol.py`` before anything is decoded (or, to a server
+of plain ``multiprocessing.managers``, a ``StdlibConnection`` over such
+connections).  Addresses are
 those of the stdlib: a ``(host, port)`` tuple for TCP (an IPv6 host such as
 ``'::1'`` works too), a path string for a unix socket.
 """
 import fcntl
+import functools
 import os
 import select
 import socket
@@ -13,10 +16,11 @@ import struct
 from multiprocessing import connection as _mpc
 from multiprocessing import util
 
+from . import _handshake
 from . import _protocol as P
 from . import _settings
 from ._backend import wire
-from ._handshake import answer_challenge
+from ._stdlib_client import StdlibConnection
 from .errors import ProtocolError
 
 __all__ = ["Listener", "Client", "address_family", "default_address"]
@@ -187,8 +191,31 @@ def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=No
     ``timeout`` bounds the connect and the handshakes; the returned
     connection waits without a limit unless told otherwise.  With
     ``ssl_context`` the connection is TLS (``server_hostname`` defaults to
-    the address's host when the context checks host names).
+    the address's host when the context checks host names).  A server of
+    plain ``multiprocessing.managers`` gets a ``StdlibConnection`` (when the
+    codec pickles; else the handshake raises ``_handshake.StdlibRefused``).
     """
+    options = dict(codec=codec, timeout=timeout, max_message=max_message,
+                   ssl_context=ssl_context, server_hostname=server_hostname)
+    conn, dialect = _open(address, authkey, hello=hello, ring=ring, **options)
+    if dialect == P.DIALECT_FASTMGR:
+        return conn
+    return StdlibConnection(conn, functools.partial(_open_stdlib, address, authkey, **options))
+
+
+def _open_stdlib(address, authkey, **options):
+    """Another authenticated connection to the same stdlib server."""
+    conn, dialect = _open(address, authkey, **options)
+    if dialect != P.DIALECT_STDLIB:
+        conn.close()
+        raise ProtocolError("the server at %r no longer runs multiprocessing.managers"
+                            % (address,))
+    return conn
+
+
+def _open(address, authkey, codec=None, hello=b"", timeout=None, max_message=None,
+          ssl_context=None, server_hostname=None, ring=False):
+    """An authenticated wire Connection and the dialect it speaks."""
     family = address_family(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -206,16 +233,23 @@ def Client(address, authkey, codec=None, hello=b"", timeout=None, max_message=No
         kwargs["max_message"] = max_message
     conn = wire.Connection(sock, **kwargs)
     ring = ring and can_ring(conn, sock)
+    pickles = (codec.serializer if codec is not None else "pickle") == "pickle"
     try:
         conn.timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
-        answer_challenge(conn, bytes(authkey), hello + (P.RING_HELLO if ring else b""))
-        if ring:
+        dialect = _handshake.client_handshake(
+            conn, bytes(authkey), hello + (P.RING_HELLO if ring else b""), stdlib_servers=pickles)
+        if ring and dialect == P.DIALECT_FASTMGR:
             offer_ring(conn, sock)
         conn.timeout = None
+    except _handshake.StdlibRefused:
+        conn.close()
+        raise _handshake.StdlibRefused(
+            "the server at %r runs plain multiprocessing.managers, which speaks pickle, and "
+            "this client's serializer %r never unpickles" % (address, codec.serializer)) from None
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, dialect
 
 
 def sends_nothing(sock, seconds=P.PLAINTEXT_WAIT):

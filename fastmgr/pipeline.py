@@ -22,6 +22,7 @@ own requests) stay synchronous.
 """
 from . import _protocol as P
 from ._backend import wire
+from ._stdlib_client import StdlibConnection
 from .proxies import BaseProxy, proxy_from_reply, reply_error
 
 __all__ = ["pipeline", "oneway", "Pipeline"]
@@ -56,10 +57,15 @@ class Pipeline:
     def __enter__(self):
         peer = self._peer
         conn = peer.connection()
-        if isinstance(conn, wire.Pipeline):
+        if not isinstance(conn, (wire.Connection, StdlibConnection)):
             raise RuntimeError("this thread is already pipelining to %r" % (self._address,))
         self._conn = conn
-        self._pipe = wire.Pipeline(conn, self._resolve, self._window)
+        if isinstance(conn, StdlibConnection):
+            # a stdlib server's connection is Python: so is the pipeline over it
+            from ._wire_py import Pipeline as pipeline_type
+        else:
+            pipeline_type = wire.Pipeline
+        self._pipe = pipeline_type(conn, self._resolve, self._window)
         peer.tls.conn = self._pipe
         return self
 

@@ -17,6 +17,7 @@ from multiprocessing.context import get_spawning_popen
 
 from . import _protocol as P
 from ._backend import wire
+from ._stdlib_client import StdlibConnection
 from .connection import Client
 from .errors import ManagerGone, ProtocolError, RemoteError, RemoteTraceback
 
@@ -74,6 +75,7 @@ class Peer:
         self.tls = threading.local()   # .conn: the calling thread's connection
         self.lock = threading.Lock()
         self.anchor = None             # keeps the session alive; never used for calls
+        self.stdlib = False            # the server runs plain multiprocessing.managers
         self.held = {}                 # ident -> live proxies that own a reference
         self.dead = []                 # idents of proxies that died since the last flush
         self.timeout = None            # per-call timeout of new connections (seconds)
@@ -110,13 +112,21 @@ class Peer:
         return conn
 
     def _connect(self):
+        conn = None
         with self.lock:
             # the anchor never receives anything: readable means the server is gone
             if self.anchor is not None and not self.anchor.closed and self.anchor.poll(0):
                 self.anchor.close()
-            if self.anchor is None or self.anchor.closed:
-                self.anchor = self._client()
-        conn = self._client()
+            if not self.stdlib and (self.anchor is None or self.anchor.closed):
+                anchor = self._client()
+                if isinstance(anchor, StdlibConnection):
+                    # a stdlib server keeps no sessions: nothing to anchor,
+                    # and this connection serves the calls
+                    self.stdlib, conn = True, anchor
+                else:
+                    self.anchor = anchor
+        if conn is None:
+            conn = self._client()
         conn.timeout = self.timeout
         self.tls.conn = conn
         return conn
@@ -127,6 +137,7 @@ class Peer:
             if self.anchor is not None:
                 self.anchor.close()
             self.anchor = None
+            self.stdlib = False
             self.tls = threading.local()
             self.held = {}
             self.dead = []
@@ -381,7 +392,8 @@ def reply_error(kind, value):
         else:
             exc, tb = value
         if isinstance(exc, BaseException):
-            exc.__cause__ = RemoteTraceback(tb)
+            if tb is not None:  # a stdlib server sends none
+                exc.__cause__ = RemoteTraceback(tb)
             return exc
         return RemoteError(tb)
     if kind == P.RESP_FAILURE:
@@ -529,7 +541,7 @@ class BaseProxy:
 def _timed_callmethod(proxy, timeout, methodname, args=(), kwds={}):
     """_callmethod with this proxy's own timeout on the thread's connection."""
     conn = proxy._peer.connection()
-    if not isinstance(conn, wire.Connection):  # a pipeline: its calls do not wait
+    if not isinstance(conn, (wire.Connection, StdlibConnection)):  # a pipeline: no waits
         return BaseProxy._callmethod(proxy, methodname, args, kwds)
     saved, conn.timeout = conn.timeout, timeout
     try:

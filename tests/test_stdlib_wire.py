@@ -1,6 +1,7 @@
-"""fastmgr and plain multiprocessing.managers on one wire.
+"""fastmgr and plain multiprocessing.managers on one wire, each way.
 
-A fastmgr server serves clients of plain ``multiprocessing.managers``; the
+A fastmgr server serves clients of plain ``multiprocessing.managers``, and a
+fastmgr client uses servers of plain ``multiprocessing.managers``; the
 handshake tells them apart (``_protocol.py``, "Stdlib peers").  The stdlib
 side is a real process of each CPython 3.10-3.13 found on this machine, in
 a venv of its own without fastmgr and isolated (``-I``), running
@@ -12,6 +13,8 @@ machine with four Pythons (the TLS refusal waits PLAINTEXT_WAIT, 3 s).
 """
 import ast
 import contextlib
+import gc
+import multiprocessing
 import os
 import re
 import signal
@@ -23,8 +26,10 @@ import time
 
 import pytest
 
+import fastmgr
 from fastmgr import _protocol as P
-from fastmgr.errors import AuthenticationError
+from fastmgr._stdlib_client import StdlibConnection
+from fastmgr.errors import AuthenticationError, ManagerGone, RemoteError
 from helpers import stdlib_wire as H
 from helpers.common import child_env
 
@@ -134,6 +139,36 @@ def unix_server(logs, tmp_path_factory):
 def stdlib_peer(venvs, logs, version, mode, address, *args, key=H.KEY):
     return H.Child([venvs[version], "-I", H.PEER, mode, H.address_text(address), key.hex(),
                     *map(str, args)], str(logs / ("%s-%s-%d.log" % (mode, version, time.time_ns()))))
+
+
+class StdlibServers:
+    """One stdlib server per version, started on first use."""
+
+    def __init__(self, venvs, logs):
+        self.venvs, self.logs, self.started = venvs, logs, {}
+
+    def __getitem__(self, version):
+        if version not in self.started:
+            self.started[version] = self.start(version)
+        return self.started[version]
+
+    def start(self, version):
+        child = stdlib_peer(self.venvs, self.logs, version, "server", "127.0.0.1:0")
+        with stopped_on_error(child):
+            info = child.next()
+            assert info["python"] == [3, int(version.split(".")[1])] and not info["fastmgr"]
+            return Server(child, tuple(info["address"]))
+
+    def close(self):
+        for server in self.started.values():
+            server.child.stop()
+
+
+@pytest.fixture(scope="module")
+def stdlib_servers(venvs, logs):
+    servers = StdlibServers(venvs, logs)
+    yield servers
+    servers.close()
 
 
 # ---------------------------------------------------------------------------
@@ -331,3 +366,103 @@ def test_tls_server_refuses_a_stdlib_client_plainly(venvs, logs, certificate):
         assert manager.Counter(3).add(1) == 4
     finally:
         server.child.stop()
+
+
+# ---------------------------------------------------------------------------
+# stdlib servers, a fastmgr client
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fastmgr_client_uses_stdlib_server(version, stdlib_servers, monkeypatch):
+    """The type list, against a stdlib server of each version, through a
+    fastmgr client in this process."""
+    server = stdlib_servers[version]
+    # nested proxies take the process's key, as with the stdlib's clients
+    monkeypatch.setattr(multiprocessing.current_process(), "authkey", H.KEY)
+    m = H.Client(address=server.address, authkey=H.KEY, timeout=20, connect_timeout=10)
+    m.connect()
+    before = m._number_of_objects()
+    d = m.dict({"a": 1})
+    d["b"] = [1, 2]
+    assert (d["a"], d["b"], sorted(d.keys()), len(d), d.get("zz", 7)) == (1, [1, 2], ["a", "b"],
+                                                                          2, 7)
+    assert isinstance(object.__getattribute__(d, "_peer").tls.conn, StdlibConnection)
+    with pytest.raises(KeyError):
+        d["missing"]
+    lst = m.list([3, 1, 2])
+    lst.append(4)
+    lst.sort()
+    assert (lst[:], len(lst)) == ([1, 2, 3, 4], 4)
+    q = m.Queue()
+    q.put("x")
+    assert q.get(timeout=5) == "x" and q.empty()
+    lock = m.Lock()
+    with lock:
+        assert not lock.acquire(False)
+    ev = m.Event()
+    ev.set()
+    assert ev.is_set() and ev.wait(1)
+    ns = m.Namespace(x=1)
+    ns.y = "two"
+    got = ns._getvalue()
+    assert (ns.x, ns.y, type(got), vars(got)) == (1, "two", fastmgr.Namespace, {"x": 1, "y": "two"})
+    v = m.Value("i", 41)
+    v.value += 1
+    assert v.value == 42 and v._getvalue().value == 42
+    inner = m.dict({"deep": True})
+    lst.append(inner)
+    assert lst[-1]["deep"] is True and isinstance(lst[-1], fastmgr.DictProxy)
+    assert sorted(iter(m.dict({"k1": 1, "k2": 2}))) == ["k1", "k2"]
+    c = m.Counter(10)
+    assert c.add(5) == 15 and type(c).__name__ == "AutoProxy[Counter]"
+    assert c.pid() == server.child.proc.pid
+    with pytest.raises(LookupError, match="custom failure"):
+        c.fail()
+    with pytest.raises(RemoteError, match="Unserializable"):
+        c.unpicklable()
+    with fastmgr.pipeline(m):
+        for i in range(50):
+            d[i] = i
+        pending = d.get(7)
+    assert pending.result() == 7 and len(d) == 52
+    fastmgr.oneway(d)["one"] = 1
+    assert d["one"] == 1
+    del d, lst, q, lock, ev, ns, v, inner, c, pending
+    gc.collect()
+    assert m._number_of_objects() == before
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fastmgr_client_with_a_wrong_key(version, stdlib_servers):
+    server = stdlib_servers[version]
+    with pytest.raises(AuthenticationError):
+        H.Client(address=server.address, authkey=b"wrong key", connect_timeout=10).connect()
+    assert server.child.proc.poll() is None
+
+
+def test_fastmgr_client_with_safe_serializer_refuses_a_stdlib_server(stdlib_servers):
+    server = stdlib_servers[NEWEST]
+    manager = H.Client(address=server.address, authkey=H.KEY, serializer="safe",
+                       connect_timeout=10)
+    with pytest.raises(AuthenticationError, match="never unpickles"):
+        manager.connect()
+
+
+def test_fastmgr_client_timeouts_and_gone_with_a_stdlib_server(venvs, logs):
+    server = StdlibServers(venvs, logs).start(NEWEST)
+    try:
+        m = H.Client(address=server.address, authkey=H.KEY, timeout=0.5, connect_timeout=10)
+        m.connect()
+        c = m.Counter()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            c.slow(5)
+        assert time.monotonic() - started < 3
+        assert c.add(2) == 2  # on a new connection
+        c._set_timeout(10)
+        assert c.slow(0.6) == 0.6  # this proxy's own timeout
+    finally:
+        server.child.stop(signal.SIGKILL)
+    with pytest.raises(ManagerGone):
+        c.add(1)
+    with pytest.raises(ManagerGone):
+        m.Counter()
