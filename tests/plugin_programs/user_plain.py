@@ -1,0 +1,10 @@
+"""A test that does not use the plugin: it is left alone, and pytest's
+start loaded no compiled code of fastmgr."""
+import sys
+
+
+def test_plain():
+    assert "fastmgr.pytest_plugin" in sys.modules  # loaded by its entry point
+    loaded = sorted(name for name in sys.modules if name.startswith("fastmgr"))
+    assert loaded == ["fastmgr", "fastmgr._version", "fastmgr.pytest_plugin"], loaded
+    print("LOADED", loaded)
