@@ -22,7 +22,7 @@ import pkgutil  # noqa: E402
 import types  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
-from ._version import __version__  # noqa: E402
+from ._version import __version__ as __version__  # noqa: E402
 
 # run from a source checkout, find the compiled extension in the installed copy
 __path__ = pkgutil.extend_path(__path__, __name__)

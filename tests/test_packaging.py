@@ -1,0 +1,64 @@
+"""What the package promises at import: Linux only, a version from one
+place, public names that load on first use, and no compiled code loaded by
+``import fastmgr`` itself."""
+import importlib.metadata
+import subprocess
+import sys
+
+import pytest
+
+import fastmgr
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def python(code):
+    """Run code in a fresh interpreter that imports the fastmgr under test."""
+    from conftest import child_env
+
+    return subprocess.run([sys.executable, "-c", code], env=child_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=50)
+
+
+def test_other_systems_get_a_clear_import_error():
+    proc = python("import sys; sys.platform = 'darwin'; import fastmgr")
+    assert proc.returncode != 0
+    assert "ImportError: fastmgr runs on Linux only" in proc.stdout, proc.stdout
+    assert "'darwin'" in proc.stdout
+
+
+def test_import_loads_no_compiled_code():
+    proc = python("import sys, fastmgr; print(sorted(m for m in sys.modules if 'fastmgr' in m))")
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.split() == ["['fastmgr',", "'fastmgr._version']"], proc.stdout
+
+
+def test_every_public_name_resolves():
+    for name in fastmgr.__all__:
+        assert getattr(fastmgr, name) is not None, name
+    assert set(fastmgr.__all__) <= set(dir(fastmgr))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        fastmgr.no_such_name
+
+
+@pytest.mark.parametrize("first", ["import fastmgr.pipeline", "from fastmgr import oneway",
+                                   "from fastmgr.pipeline import Pipeline"])
+def test_pipeline_is_the_function_whichever_import_comes_first(first):
+    proc = python(first + "; import fastmgr, inspect; print(inspect.isfunction(fastmgr.pipeline))")
+    assert proc.stdout.strip() == "True", proc.stdout
+
+
+def test_submodules_are_attributes_as_before():
+    proc = python("import fastmgr; print(fastmgr.sync.SyncManager.__name__)")
+    assert proc.stdout.strip() == "SyncManager", proc.stdout
+
+
+def test_one_version():
+    from fastmgr._version import __version__
+
+    assert fastmgr.__version__ == __version__
+    try:
+        installed = importlib.metadata.version("fastmgr")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fastmgr is not installed (no metadata to compare)")
+    assert installed == __version__
