@@ -31,6 +31,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import platform
 import socket
 import statistics
 import struct
@@ -524,7 +525,42 @@ def format_table(rows):
     return "\n".join(line.rstrip() for line in lines)
 
 
-def plot(rows, path):
+def _cpu_model():
+    """The CPU's model name from /proc/cpuinfo, or the machine type."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model"):
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def machine():
+    """What the figures were measured on: the CPUs (usable by this process,
+    and on the machine), the Python, the kernel, the start method."""
+    return {
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpus_online": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": "%s %s" % (platform.python_implementation(), platform.python_version()),
+        "kernel": "%s %s %s" % (platform.system(), platform.release(), platform.machine()),
+        "start_method": multiprocessing.get_start_method(),
+        "fastmgr": fastmgr.__version__,
+    }
+
+
+def describe_machine(m):
+    """machine() as two lines for a figure."""
+    return ("%d of %d CPUs usable (%s); %s; %s\nfastmgr %s, start method %s"
+            % (m["cpus_usable"], m["cpus_online"], m["cpu_model"], m["python"], m["kernel"],
+               m["fastmgr"], m["start_method"]))
+
+
+def figure(rows, machine_info):
+    """The bar chart of speedups, with the machine it was measured on."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -532,7 +568,7 @@ def plot(rows, path):
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'fastmgr[plot]'")
     rows = [r for r in rows if "speedup" in r]
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 2.2))
     names = [r["op"] for r in rows]
     ax.barh(names, [r["speedup"] for r in rows], color="tab:blue")
     ax.axvline(1.0, color="grey", linestyle="--")
@@ -541,7 +577,15 @@ def plot(rows, path):
     ax.invert_yaxis()
     for i, r in enumerate(rows):
         ax.text(r["speedup"], i, " %.1fx" % r["speedup"], va="center", fontsize=8)
-    fig.tight_layout()
+    ax.set_title("fastmgr against multiprocessing.managers", fontsize=11)
+    fig.text(0.01, 0.01, describe_machine(machine_info), fontsize=7.5, color="dimgrey",
+             va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot(rows, path, machine_info=None):
+    fig = figure(rows, machine_info or machine())
     fig.savefig(path)
 
 
@@ -556,7 +600,8 @@ def main(args):
     print("done in %.1f s" % (time.perf_counter() - started), file=sys.stderr)
     if args.json:
         print(json.dumps({"wire": _backend.wire.IMPLEMENTATION,
-                          "cpus": len(os.sched_getaffinity(0)), "rows": rows}, indent=2))
+                          "cpus": len(os.sched_getaffinity(0)), "machine": machine(),
+                          "rows": rows}, indent=2))
     else:
         print(format_table(rows))
     if args.plot:

@@ -69,3 +69,24 @@ def test_8_against_2_clients_is_the_median_ratio_within_windows():
     rows = _bench._annotate([row(2, [100.0, 210.0, 300.0]), row(8, [110.0, 200.0, 330.0])])
     assert rows[1]["fastmgr_vs_2_clients"] == pytest.approx(1.1)
     assert rows[1]["note"] == "fastmgr: 1.10x its 2 clients"
+
+
+def test_machine_is_described():
+    import platform
+
+    info = _bench.machine()
+    text = _bench.describe_machine(info)
+    assert platform.python_version() in text and platform.release() in text
+    assert "%d of %d CPUs usable" % (info["cpus_usable"], info["cpus_online"]) in text
+    assert info["cpu_model"] and info["cpu_model"] in text
+
+
+def test_plot_states_the_machine(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (fastmgr[plot])")
+    rows = [{"op": "dict get", "unit": "us", "stdlib": 40.0, "fastmgr": 8.0, "speedup": 5.0}]
+    info = _bench.machine()
+    fig = _bench.figure(rows, info)
+    assert _bench.describe_machine(info) in [t.get_text() for t in fig.texts]
+    path = tmp_path / "bench.png"
+    _bench.plot(rows, str(path), info)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
