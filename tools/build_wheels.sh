@@ -5,8 +5,8 @@
 #   1. the sdist (python -m build --sdist) holds every .pyx/.pxd/.pxi/.h
 #      under fastmgr/ and no generated C;
 #   2. each wheel is built from that sdist, from scratch (Cython runs in the
-#      build's isolated environment), with FASTMGR_WERROR=1: a compiler
-#      warning fails the build;
+#      build's isolated environment), with FASTMGR_WERROR=1 (unless the
+#      environment sets it to 0): a compiler warning fails the build;
 #   3. auditwheel repair makes it a manylinux wheel, in the wheelhouse;
 #   4. for each Python: a fresh venv, the wheel installed with --no-index and
 #      no compiler (CC=false), the test tools from the package index, then
@@ -23,7 +23,8 @@
 #
 # Settings (environment): PYTHONS (default "3.10 3.11 3.12 3.13"), FULL
 # (default 3.11), CPYTHON_TESTS (default: none), OUT (default dist/; the
-# wheelhouse is OUT/wheelhouse), KEEP=1 keeps the scratch directory.
+# wheelhouse is OUT/wheelhouse), FASTMGR_WERROR (default 1), KEEP=1 keeps the
+# scratch directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -32,6 +33,7 @@ PYTHONS=${PYTHONS-"3.10 3.11 3.12 3.13"}
 FULL=${FULL-"3.11"}
 CPYTHON_TESTS=${CPYTHON_TESTS-""}
 OUT=${OUT:-dist}
+WERROR=${FASTMGR_WERROR-1}
 
 # The smoke subset (what it covers is said in the file)
 mapfile -t SMOKE < <(grep -v '^#' tests/smoke-tests.txt)
@@ -103,10 +105,13 @@ for entry in "${pythons[@]}"; do
   "$py" -m venv "$scratch/build-$v"
   "$scratch/build-$v/bin/python" -m pip install -q --upgrade pip
   "$scratch/build-$v/bin/python" -m pip install -q build
-  FASTMGR_WERROR=1 "$scratch/build-$v/bin/python" -m build --wheel --outdir "$scratch/raw" \
+  FASTMGR_WERROR=$WERROR "$scratch/build-$v/bin/python" -m build --wheel --outdir "$scratch/raw" \
     "$scratch/sdist" >"$scratch/wheel-$v.log" 2>&1 \
-    || { tail -40 "$scratch/wheel-$v.log"; die "the wheel for $v did not build"; }
-  grep -E "warning:" "$scratch/wheel-$v.log" && die "compiler warnings (above)"
+    || { grep -E -A3 "warning:|error:" "$scratch/wheel-$v.log" || tail -40 "$scratch/wheel-$v.log"
+         die "the wheel for $v did not build"; }
+  if grep -E "warning:" "$scratch/wheel-$v.log"; then
+    echo "build_wheels: compiler warnings on $v (above; FASTMGR_WERROR=1 makes them errors)" >&2
+  fi
   raw=$(ls "$scratch/raw"/fastmgr-*-cp${v/./}-*.whl)
   auditwheel repair --wheel-dir "$wheelhouse" "$raw"
 done
