@@ -6,7 +6,8 @@ implementation is in use.
 
 The public names are imported on first use, so ``import fastmgr`` (and the
 pytest plugin, which pytest imports in every run) loads no compiled code
-and maps no shared memory until a manager name is asked for.
+and maps no shared memory until a manager name is asked for.  It reads the
+FASTMGR_* settings, though, so that a bad value fails at import.
 """
 import sys
 
@@ -23,6 +24,7 @@ import types  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from ._version import __version__ as __version__  # noqa: E402
+from . import _settings  # noqa: E402,F401  (a bad FASTMGR_* value fails here, at import)
 
 # run from a source checkout, find the compiled extension in the installed copy
 __path__ = pkgutil.extend_path(__path__, __name__)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers.common import child_env
 
 import fastmgr
 
@@ -14,8 +15,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def python(code):
     """Run code in a fresh interpreter that imports the fastmgr under test."""
-    from conftest import child_env
-
     return subprocess.run([sys.executable, "-c", code], env=child_env(), text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=50)
 
@@ -28,9 +27,11 @@ def test_other_systems_get_a_clear_import_error():
 
 
 def test_import_loads_no_compiled_code():
-    proc = python("import sys, fastmgr; print(sorted(m for m in sys.modules if 'fastmgr' in m))")
+    proc = python("import sys, fastmgr; print(' '.join(m for m in sys.modules if 'fastmgr' in m))")
     assert proc.returncode == 0, proc.stdout
-    assert proc.stdout.split() == ["['fastmgr',", "'fastmgr._version']"], proc.stdout
+    loaded = set(proc.stdout.split())
+    # the version, and the settings (read and checked at import); nothing else
+    assert loaded <= {"fastmgr", "fastmgr._version", "fastmgr._settings", "fastmgr._protocol"}, loaded
 
 
 def test_every_public_name_resolves():

@@ -2,8 +2,8 @@
 (.pyi) and py.typed of the installed fastmgr.
 
 ``mypy --strict`` passes on a small typed user program
-(tests/typing/user_program.py), which also runs; it reports the mistakes
-in tests/typing/user_mistakes.py, line by line; and mypy's stubtest finds
+(tests/typed_programs/user_program.py), which also runs; it reports the mistakes
+in tests/typed_programs/user_mistakes.py, line by line; and mypy's stubtest finds
 the stubs in agreement with the modules they describe.
 """
 import os
@@ -15,7 +15,7 @@ import pytest
 
 import fastmgr
 
-TYPING = os.path.join(os.path.dirname(__file__), "typing")
+TYPING = os.path.join(os.path.dirname(__file__), "typed_programs")
 STUBBED = ["fastmgr.errors", "fastmgr._install", "fastmgr.managers", "fastmgr.namespace",
            "fastmgr.pipeline", "fastmgr.proxies", "fastmgr.server", "fastmgr.sharedmem",
            "fastmgr.sync"]
