@@ -99,6 +99,7 @@ for v in $PYTHONS; do
 done
 [ ${#pythons[@]} -gt 0 ] || die "none of $PYTHONS found"
 
+compiler_says='\.(c|h|pxi|pyx):[0-9]+:[0-9]+: (warning|error):'   # not setuptools' own warnings
 for entry in "${pythons[@]}"; do
   v=${entry%%=*}; py=${entry#*=}
   log "wheel for Python $v, from the sdist"
@@ -107,9 +108,9 @@ for entry in "${pythons[@]}"; do
   "$scratch/build-$v/bin/python" -m pip install -q build
   FASTMGR_WERROR=$WERROR "$scratch/build-$v/bin/python" -m build --wheel --outdir "$scratch/raw" \
     "$scratch/sdist" >"$scratch/wheel-$v.log" 2>&1 \
-    || { grep -E -A3 "warning:|error:" "$scratch/wheel-$v.log" || tail -40 "$scratch/wheel-$v.log"
+    || { grep -E -A3 "$compiler_says" "$scratch/wheel-$v.log" || tail -40 "$scratch/wheel-$v.log"
          die "the wheel for $v did not build"; }
-  if grep -E "warning:" "$scratch/wheel-$v.log"; then
+  if grep -E "$compiler_says" "$scratch/wheel-$v.log"; then
     echo "build_wheels: compiler warnings on $v (above; FASTMGR_WERROR=1 makes them errors)" >&2
   fi
   raw=$(ls "$scratch/raw"/fastmgr-*-cp${v/./}-*.whl)
