@@ -140,7 +140,7 @@ for entry in "${pythons[@]}"; do
     what="the smoke subset"; args=("${SMOKE[@]}")
   fi
   log "Python $v: $what, against the installed wheel"
-  (cd "$run" && "$venv/bin/python" -m pytest "${args[@]}") 2>&1 | tee "$scratch/pytest-$v.log" \
+  (cd "$run" && "$venv/bin/python" -m pytest -rs "${args[@]}") 2>&1 | tee "$scratch/pytest-$v.log" \
     || status=1
   if ! grep -q "fastmgr wire: compiled ($site/fastmgr/_wire" "$scratch/pytest-$v.log"; then
     echo "build_wheels: Python $v's tests did not run the compiled wire from $site" >&2
