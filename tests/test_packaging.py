@@ -63,3 +63,20 @@ def test_one_version():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("fastmgr is not installed (no metadata to compare)")
     assert installed == __version__
+
+
+def test_smoke_subset_names_tests_that_exist():
+    """tests/smoke-tests.txt (run on every Python but the one with the full
+    suite, and by the release build) names files and tests that exist."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "smoke-tests.txt")) as listing:
+        entries = [line.strip() for line in listing if line.strip() and not line.startswith("#")]
+    assert entries
+    for entry in entries:
+        path, _, name = entry.partition("::")
+        assert path.startswith("tests/"), entry
+        with open(os.path.join(here, path[len("tests/"):])) as source:
+            text = source.read()
+        assert not name or ("def %s(" % name) in text, entry
