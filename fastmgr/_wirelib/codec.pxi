@@ -34,7 +34,7 @@ cdef class Codec:
                 "the %r serializer sends only None, bool, int, float, str, bytes, "
                 "tuple, list and dict; got %s" % (self.serializer, type(obj).__name__))
         data = _pickling.dumps(obj)
-        if PyBytes_GET_SIZE(data) >= U32_LIMIT:
+        if <uint64_t>PyBytes_GET_SIZE(data) >= U32_LIMIT:
             raise ValueError("a pickled value of %d bytes is too large to send" % len(data))
         buf.write_tag_u32(T_PICKLE, <uint32_t>PyBytes_GET_SIZE(data))
         buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
@@ -58,7 +58,7 @@ cdef class Codec:
                 return buf.write_tag_u64(T_INT64, <uint64_t>v)
             data = obj.to_bytes(((obj if obj >= 0 else ~obj).bit_length() + 8) // 8, "little",
                                 signed=True)
-            if PyBytes_GET_SIZE(data) >= U32_LIMIT:
+            if <uint64_t>PyBytes_GET_SIZE(data) >= U32_LIMIT:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_BIGINT, <uint32_t>PyBytes_GET_SIZE(data))
             return buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
@@ -71,13 +71,13 @@ cdef class Codec:
                 data = (<str>obj).encode("utf-8", "surrogatepass")
                 s = PyBytes_AS_STRING(data)
                 n = PyBytes_GET_SIZE(data)
-            if n >= U32_LIMIT:
+            if <uint64_t>n >= U32_LIMIT:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_STR, <uint32_t>n)
             return buf.write_raw(s, n)
         if t is bytes:
             n = PyBytes_GET_SIZE(obj)
-            if n >= U32_LIMIT:
+            if <uint64_t>n >= U32_LIMIT:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_BYTES, <uint32_t>n)
             return buf.write_bytes(obj)
@@ -95,7 +95,7 @@ cdef class Codec:
         if depth > c_max_depth:
             return TOO_DEEP
         n = len(obj)
-        if n >= U32_LIMIT:
+        if <uint64_t>n >= U32_LIMIT:
             return self._pickle(buf, obj)
         if t is tuple:
             buf.write_tag_u32(T_TUPLE, <uint32_t>n)

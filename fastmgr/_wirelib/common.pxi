@@ -7,6 +7,7 @@ cdef double NO_TIMEOUT = -1.0
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
 # lengths in the codec are u32: a str, bytes or container this long is pickled
+# (sizes are compared as uint64_t: a Py_ssize_t may be too narrow to hold it)
 cdef uint64_t U32_LIMIT = 0x100000000
 
 
