@@ -42,7 +42,7 @@ mapfile -t SMOKE < <(grep -v '^#' tests/smoke-tests.txt)
 # atheris, which only the fuzz test uses and which may need a compiler)
 TEST_TOOLS=("pytest>=7" "pytest-timeout>=2" "pytest-benchmark>=4" "hypothesis>=6" "mypy>=1.8")
 
-log() { printf '\n=== %s ===\n' "$*"; }
+log() { printf '\n=== %s %s ===\n' "$(date +%T)" "$*"; }
 die() { echo "build_wheels: $*" >&2; exit 1; }
 
 find_python() {
@@ -136,6 +136,10 @@ for entry in "${pythons[@]}"; do
   cp -r "$scratch/sdist/tests" "$scratch/sdist/pyproject.toml" "$run/"
   if [[ " $FULL " == *" $v "* ]]; then
     what="the full suite"; args=()
+    # what the full suite's remaining tests need: the plot extra, and the
+    # fuzzer (a wheel on 3.11 and later)
+    CC=false CXX=false "$venv/bin/python" -m pip install -q matplotlib \
+      "atheris>=2.3; python_version >= '3.11'"
   else
     what="the smoke subset"; args=("${SMOKE[@]}")
   fi
