@@ -22,6 +22,8 @@ import io
 import pickle
 from multiprocessing.reduction import ForkingPickler
 
+from . import _pickling  # noqa: F401  (the stdlib managers' reducers, registered)
+
 __all__ = ["dumps", "loads", "stdlib_ident", "STDLIB_PROXY_TYPES"]
 
 #: every Python since 3.4 reads protocol 4; the stdlib's own default on 3.10-3.13

@@ -80,3 +80,14 @@ def test_smoke_subset_names_tests_that_exist():
         with open(os.path.join(here, path[len("tests/"):])) as source:
             text = source.read()
         assert not name or ("def %s(" % name) in text, entry
+
+
+def test_dict_views_travel_as_lists_in_a_fresh_process():
+    """The stdlib's managers module registers reducers as it is imported
+    (dict views pickle as lists); a program that imports only fastmgr gets
+    them too, though ``import fastmgr`` no longer imports everything."""
+    proc = python("import fastmgr\n"
+                  "with fastmgr.SyncManager() as m:\n"
+                  "    d = m.dict({1: 2})\n"
+                  "    print(d.keys(), d.values(), d.items())\n")
+    assert proc.stdout.strip() == "[1] [2] [(1, 2)]", proc.stdout

@@ -54,6 +54,8 @@ def use_sync_manager(manager: SyncManager) -> dict[str, int]:
     d: DictProxy[str, int] = manager.dict()
     d["a"] = 1
     d.update({"b": 2})
+    keys: list[str] = d.keys()
+    assert sorted(keys) == ["a", "b"]
     items: list[int] = manager.list([1, 2, 3])[:]
     numbers: ListProxy[int] = manager.list(items)
     numbers.append(4)
