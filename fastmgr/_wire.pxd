@@ -153,21 +153,20 @@ cdef class WriteBuffer:
 
 @cython.final
 cdef class Codec:
-    cdef readonly str serializer
+    cdef readonly str serializer  # one of _protocol.SERIALIZERS
     cdef bint may_pickle        # "pickle": types without a tag are pickled
     cdef bint tuples_as_lists   # "xmlrpclib": decode T_TUPLE as list
     cdef WriteBuffer out        # scratch buffer of dumps()/encode_*()
 
     cdef int _pickle(self, WriteBuffer buf, object obj) except -1
     cdef int _encode(self, WriteBuffer buf, object obj, int depth) except -1
-    cdef int _encode_container(self, WriteBuffer buf, object obj, type t, int depth) except -1
+    cdef int _encode_container(self, WriteBuffer buf, object obj, type t,
+                               int depth) except -1
     cdef int encode_top(self, WriteBuffer buf, object obj) except -1
     cdef int encode_request_into(self, WriteBuffer buf, int kind, uint64_t ident,
                                  object method, object args, object kwds) except -1
     cdef int encode_response_into(self, WriteBuffer buf, int kind, object value) except -1
     cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth)
-    cdef object _decode_container(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                                  uint8_t tag, uint64_t length, int depth)
     cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos)
     cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n)
     cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n)

@@ -85,7 +85,8 @@ cdef class Codec:
             return self._encode_container(buf, obj, t, depth)
         return self._pickle(buf, obj)
 
-    cdef int _encode_container(self, WriteBuffer buf, object obj, type t, int depth) except -1:
+    cdef int _encode_container(self, WriteBuffer buf, object obj, type t,
+                                      int depth) except -1:
         """_encode() of a tuple, list or dict (t: its type)."""
         cdef Py_ssize_t n, i
         cdef PyObject* key
@@ -182,6 +183,8 @@ cdef class Codec:
         cdef Py_ssize_t at = pos[0]
         cdef uint8_t tag
         cdef uint64_t length
+        cdef Py_ssize_t i, count
+        cdef object result, item, key
         if at >= n:
             raise ProtocolError("truncated message: value expected")
         tag = p[at]
@@ -209,8 +212,36 @@ cdef class Codec:
         length = fm_get_u32le(p + at)
         at += 4
         if tag == T_TUPLE or tag == T_LIST or tag == T_DICT:
+            if depth > c_max_depth:
+                raise ProtocolError("containers nest deeper than %d" % c_max_depth)
+            # every item takes at least one byte: refuse counts the data cannot hold
+            if length > <uint64_t>(n - at) or (tag == T_DICT and 2 * length > <uint64_t>(n - at)):
+                raise ProtocolError("truncated message: container of %d items" % length)
+            count = <Py_ssize_t>length
             pos[0] = at
-            return self._decode_container(p, n, pos, tag, length, depth)
+            if tag == T_DICT:
+                result = {}
+                for i in range(count):
+                    key = self._decode(p, n, pos, depth + 1)
+                    item = self._decode(p, n, pos, depth + 1)
+                    try:
+                        PyDict_SetItem(result, key, item)
+                    except TypeError as exc:
+                        raise ProtocolError("bad dict key: %s" % exc) from None
+                return result
+            if tag == T_LIST or self.tuples_as_lists:
+                result = PyList_New(count)
+                for i in range(count):
+                    item = self._decode(p, n, pos, depth + 1)
+                    Py_INCREF(item)
+                    PyList_SET_ITEM(result, i, item)
+                return result
+            result = PyTuple_New(count)
+            for i in range(count):
+                item = self._decode(p, n, pos, depth + 1)
+                Py_INCREF(item)
+                PyTuple_SET_ITEM(result, i, item)
+            return result
         if length > <uint64_t>(n - at):
             raise ProtocolError("truncated message: %d bytes announced, %d left" % (length, n - at))
         pos[0] = at + <Py_ssize_t>length
@@ -228,43 +259,6 @@ cdef class Codec:
         if not self.may_pickle:
             raise ProtocolError("the %r serializer refuses pickled data" % self.serializer)
         return _pickling.loads(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length))
-
-    cdef object _decode_container(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                                  uint8_t tag, uint64_t length, int depth):
-        """_decode() of a tuple, list or dict of length items (tag: its
-        tag) whose first item is at p[pos[0]]."""
-        cdef Py_ssize_t at = pos[0]
-        cdef Py_ssize_t i, count
-        cdef object result, item, key
-        if depth > c_max_depth:
-            raise ProtocolError("containers nest deeper than %d" % c_max_depth)
-        # every item takes at least one byte: refuse counts the data cannot hold
-        if length > <uint64_t>(n - at) or (tag == T_DICT and 2 * length > <uint64_t>(n - at)):
-            raise ProtocolError("truncated message: container of %d items" % length)
-        count = <Py_ssize_t>length
-        if tag == T_DICT:
-            result = {}
-            for i in range(count):
-                key = self._decode(p, n, pos, depth + 1)
-                item = self._decode(p, n, pos, depth + 1)
-                try:
-                    PyDict_SetItem(result, key, item)
-                except TypeError as exc:
-                    raise ProtocolError("bad dict key: %s" % exc) from None
-            return result
-        if tag == T_LIST or self.tuples_as_lists:
-            result = PyList_New(count)
-            for i in range(count):
-                item = self._decode(p, n, pos, depth + 1)
-                Py_INCREF(item)
-                PyList_SET_ITEM(result, i, item)
-            return result
-        result = PyTuple_New(count)
-        for i in range(count):
-            item = self._decode(p, n, pos, depth + 1)
-            Py_INCREF(item)
-            PyTuple_SET_ITEM(result, i, item)
-        return result
 
     cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
         """Decode the last value of a message: no bytes may follow it."""
