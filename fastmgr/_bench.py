@@ -5,7 +5,7 @@ same machine, so a ratio means something even on a noisy one.  A time is
 the median over rounds of the mean time per op within a round.  Every row
 gets fresh managers (a SyncManager subclass of each implementation).
 
-Besides per-op times there are three other kinds of row:
+Besides per-op times there are four other kinds of row:
 
 - ``throughput, N clients``: N forked client processes, each connected to
   the one manager, call a method in a loop for a fixed window; the figure is
@@ -23,7 +23,10 @@ Besides per-op times there are three other kinds of row:
 - ``socket floor, 1 MiB``: a bare ping-pong between two processes over a
   socketpair (4-byte length + 1 MiB in one sendall, read with recv_into
   into a preallocated buffer, 1-byte reply), timed in the same rounds as the
-  1 MiB argument, which is then shown as a multiple of it.
+  1 MiB argument, which is then shown as a multiple of it;
+- ``asyncio, ...`` and ``uvloop, ...``: awaits on an event loop, the
+  stdlib's calls handed to executor threads against ``fastmgr.aio`` views
+  (see ``_bench_aio.py``).
 
 The pytest-benchmark suite in ``bench/`` reuses the op definitions here.
 """
@@ -40,6 +43,8 @@ import time
 from multiprocessing import managers as std_managers
 
 import fastmgr
+
+from . import _bench_aio
 
 IMPLEMENTATIONS = ("stdlib", "fastmgr")
 
@@ -178,13 +183,16 @@ class Op:
 
     kind "time": `setup(manager, impl)` returns a callable timed `n` times a
     round; "clients": throughput of `n` client processes; "startup": manager
-    start-up.  `address` is "unix" or "tcp"; `pinned` runs the row on one
-    CPU; `floor` also times the socket floor for 1 MiB."""
+    start-up; "aio": `setup(manager, impl)` returns `async batch(n)`, run
+    on an event loop of kind `loop` (see _bench_aio.py).  `address` is
+    "unix" or "tcp"; `pinned` runs the row on one CPU; `floor` also times
+    the socket floor for 1 MiB."""
 
     def __init__(self, name, setup=None, n=1, kind="time", address="unix", pinned=False,
-                 floor=False):
+                 floor=False, loop=None):
         self.name, self.setup, self.n, self.kind = name, setup, n, kind
         self.address, self.pinned, self.floor = address, pinned, floor
+        self.loop = loop
 
     def __repr__(self):
         return "Op(%r)" % self.name
@@ -214,6 +222,8 @@ OPS = (
     + [Op(name + ", 1 CPU", setup, 1000, pinned=True) for name, setup in SMALL_CALLS]
     + [Op("throughput, %d client%s" % (n, "s" if n > 1 else ""), n=n, kind="clients")
        for n in CLIENT_COUNTS]
+    + [Op(name, setup, n, kind="aio", loop=loop) for name, setup, n, loop in _bench_aio.AIO_ROWS
+       if loop != "uvloop" or _bench_aio.uvloop_available()]
     + [Op("manager start-up", kind="startup")]
 )
 
@@ -440,6 +450,9 @@ def measure_op(op, rounds=5, scale=1.0):
     if op.kind == "startup":
         return measure({impl: (lambda impl=impl: startup_once(impl)) for impl in IMPLEMENTATIONS},
                        1, max(3, rounds))
+    if op.kind == "aio":
+        return _bench_aio.measure_aio_op(op.setup, op.loop, start_manager, IMPLEMENTATIONS,
+                                         max(1, int(op.n * scale)), rounds)
     return _measure_time_op(op, rounds, scale)
 
 

@@ -62,6 +62,22 @@ class _Session:
 
 
 _peers = {}            # (address, serializer, authkey) -> Peer
+
+
+class _Collected(threading.local):
+    """See collect_increfs()."""
+    increfs = None
+
+
+_collected = _Collected()
+
+
+def collect_increfs(into):
+    """While into is a list (None ends it), proxies unpickled on this thread
+    count their reference at once and append (peer, ident) to into instead
+    of asking the server and waiting: an event loop that decodes a reply
+    must not wait, and sends those increfs itself."""
+    _collected.increfs = into
 _peers_lock = threading.Lock()
 
 
@@ -194,8 +210,13 @@ class Peer:
             self.held[ident] = self.held.get(ident, 0) + 1
 
     def acquire(self, ident):
-        """A new proxy needs its own reference: ask the server for one."""
-        self.control("incref", ident)
+        """A new proxy needs its own reference: ask the server for one
+        (or, while an event loop decodes a reply, let it ask later)."""
+        collected = _collected.increfs
+        if collected is not None:
+            collected.append((self, ident))
+        else:
+            self.control("incref", ident)
         self.adopt(ident)
 
     def release(self, ident):
@@ -503,9 +524,11 @@ class BaseProxy:
         A call that runs out raises TimeoutError; its connection is dropped."""
         if seconds is None:
             self.__dict__.pop("_callmethod", None)
+            self.__dict__.pop("_call_timeout", None)
         else:
             object.__setattr__(self, "_callmethod",
                                functools.partial(_timed_callmethod, self, seconds))
+            object.__setattr__(self, "_call_timeout", seconds)  # for async views
 
     def _getvalue(self):
         """Get a copy of the value of the referent."""

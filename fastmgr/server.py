@@ -73,7 +73,7 @@ class Control:
     """Ident 0 of one connection: the manager's own requests."""
 
     exposed = frozenset([
-        "create", "incref", "decref", "decref_many", "get_methods", "dummy",
+        "create", "incref", "decref", "decref_many", "get_methods", "thread_bound", "dummy",
         "debug_info", "number_of_objects", "shutdown", "set_name",
     ])
 
@@ -95,6 +95,11 @@ class Control:
 
     def get_methods(self, ident):
         return tuple(self._server.table[ident].exposed)
+
+    def thread_bound(self, ident):
+        """Whether calls on ident run on their connection's own thread
+        (async views give such calls a connection of their own)."""
+        return bool(self._server.table[ident][3])
 
     def dummy(self):
         return None

@@ -1,0 +1,286 @@
+"""What an async view's method returns: a call that starts when awaited.
+
+A ``Call`` is an ``asyncio.Future`` that also speaks the coroutine protocol
+(``send``, ``throw``, ``close``), so it goes wherever a coroutine goes
+(``await``, ``asyncio.create_task``, ``TaskGroup``, ``gather``, ``wait_for``,
+``shield``) and nothing happens until one of them first looks at it, as
+with a coroutine.  Being a future is what makes it cheap: ``gather`` and
+``wait_for`` take a future as it is, where they would wrap a coroutine in
+a task of its own, and a reply that comes while the caller spins for it
+completes the call without a trip through the event loop.
+
+``PlainCall`` is one request on a lane (``lane.py``).  ``OpCall`` runs a
+coroutine of several requests (a sliced blocking wait, a queue get that
+looks in the stash first) in a task of its own; the coroutine resolves the
+call itself, so a result can never fall between its task and its call.
+
+A call that ends before its reply (cancelled, or out of time) leaves the
+reply to its ``late`` handler, if it has one (``leftovers.py``).
+"""
+import asyncio
+import collections.abc
+
+from .. import _protocol as P
+from ..proxies import BaseProxy, reply_error
+
+__all__ = ["Call", "PlainCall", "OpCall", "exception_for"]
+
+RESP_RETURN = P.RESP_RETURN
+RESP_PROXY = P.RESP_PROXY
+_future_await = asyncio.Future.__await__
+_future_init = asyncio.Future.__init__
+
+
+def exception_for(kind, value):
+    """The exception a failed reply stands for, fit for a future: asyncio
+    cannot carry StopIteration, so it arrives as StopAsyncIteration."""
+    exc = reply_error(kind, value)
+    if isinstance(exc, StopIteration):
+        stop = StopAsyncIteration(*exc.args)
+        stop.__cause__ = exc.__cause__
+        return stop
+    return exc
+
+
+class Call(asyncio.Future):
+    """A future that starts its work the first time it is awaited, driven
+    as a coroutine, or given a done-callback (see the module docstring)."""
+
+    # _it: the future's own iterator, once driven as a coroutine
+    # _limit: seconds the call may take once started (None: no limit)
+    # _timer: the handle that ends the call when its time is up, or None
+    __slots__ = ("_it", "_limit", "_timer")
+
+    def __init__(self, loop, limit=None):
+        _future_init(self, loop=loop)
+        self._it = None
+        self._limit = limit
+        self._timer = None
+
+    def _begin(self):
+        """Start the work (called once)."""
+
+    def _started(self):
+        """Begin, once; an exception raised while starting (an argument
+        that does not encode, say) becomes the call's outcome."""
+        if self._it is not None:
+            return
+        self._it = _STARTED
+        try:
+            self._begin()
+        except BaseException as exc:  # delivered to whoever awaits
+            if not self.done():
+                if isinstance(exc, StopIteration):
+                    exc = StopAsyncIteration(*exc.args)
+                self.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        limit = self._limit
+        if limit is not None and not self.done():
+            self._timer = self.get_loop().call_later(limit, self._time_up, limit)
+
+    def __await__(self):
+        self._started()
+        return _future_await(self)
+
+    __iter__ = __await__
+
+    def add_done_callback(self, fn, *, context=None):
+        self._started()
+        super().add_done_callback(fn, context=context)
+
+    # -- the coroutine protocol (asyncio.create_task drives it) --------------
+
+    def _iterator(self):
+        it = self._it
+        if it is None or it is _STARTED:
+            self._started()
+            it = self._it = _future_await(self)
+        return it
+
+    def send(self, value):
+        return self._iterator().send(value)
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None and tb is None:
+            return self._iterator().throw(typ)
+        return self._iterator().throw(typ, val, tb)
+
+    def close(self):
+        it = self._it
+        if it is not None and it is not _STARTED:
+            it.close()
+
+    # -- ending early ----------------------------------------------------------
+
+    def _time_up(self, seconds):
+        self._timer = None
+        if not self.done():
+            self.set_exception(TimeoutError("no reply within %r seconds" % seconds))
+            self._ended_early()
+
+    def _ended_early(self):
+        """The call ended before its work did (subclasses clean up)."""
+
+    def cancel(self, msg=None):
+        if not super().cancel(msg):
+            return False
+        self._settled()
+        self._ended_early()
+        return True
+
+    def _settled(self):
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+
+_STARTED = object()  # _it once begun, before anything drives the iterator
+
+
+collections.abc.Coroutine.register(Call)
+
+
+class PlainCall(Call):
+    """One request: ``link.dispatch(call)`` sends it on the lane that
+    ``route`` names (``link.py``)."""
+
+    # link: the Link that sends it, None once begun
+    # route: which lane carries it (link.FREE, link.QUICK, or a Lane)
+    # request: (ident, method, args, kwds), encoded when the call begins
+    # body: the encoded request, until a lane sends it
+    # convert: convert(kind, value) for a result that is a proxy (an async view)
+    # late: late(value) for a result that comes after the call ended
+    # after: after(value) for every result, early or late (a lock's bookkeeping)
+    # spin: whether the caller may spin for the reply (calls that may wait
+    #       on the server do not)
+    __slots__ = ("link", "route", "request", "body", "convert", "late", "after", "spin")
+
+    def __init__(self, loop, link, route, request, convert=None, late=None, after=None,
+                 spin=True, limit=None):
+        # Call.__init__ inlined: this runs for every call
+        _future_init(self, loop=loop)
+        self._it = None
+        self._limit = limit
+        self._timer = None
+        self.link = link
+        self.route = route
+        self.request = request
+        self.body = None
+        self.convert = convert
+        self.late = late
+        self.after = after
+        self.spin = spin
+
+    def _begin(self):
+        link = self.link
+        if link is not None:
+            self.link = None
+            link.dispatch(self)
+
+    def resolve(self, kind, value):
+        """The reply came (a lane calls this, in request order)."""
+        if kind == RESP_RETURN:
+            if self.after is not None:
+                self.after(value)
+            if self.done():
+                if self.late is not None:
+                    self.late(value)
+                return
+            if self._timer is not None:
+                self._settled()
+            if self.convert is not None and isinstance(value, BaseProxy):
+                value = self.convert(kind, value)
+            self.set_result(value)
+            return
+        if self.done():
+            return
+        self._settled()
+        if kind == RESP_PROXY and self.convert is not None:
+            try:
+                self.set_result(self.convert(kind, value))
+            except Exception as exc:
+                self.set_exception(exc)
+        else:
+            self.set_exception(exception_for(kind, value))
+
+    def fail(self, exc):
+        """The reply will never come (the connection broke), or it came
+        but could not be decoded."""
+        if not self.done():
+            self._settled()
+            self.set_exception(exc)
+
+
+class OpCall(Call):
+    """Several requests, run by ``op(call)``, a coroutine that resolves
+    the call itself and runs in a task of its own."""
+
+    # op: the coroutine function, None once started
+    # task: the task running it
+    # owner: the task that started the call (locks it takes are that task's)
+    __slots__ = ("op", "task", "owner")
+
+    def __init__(self, loop, op, limit=None):
+        super().__init__(loop, limit)
+        self.op = op
+        self.task = None
+        self.owner = None
+
+    def _begin(self):
+        op = self.op
+        if op is not None:
+            self.op = None
+            loop = self.get_loop()
+            self.owner = asyncio.current_task(loop)
+            self.task = loop.create_task(self._run(op))
+
+    async def _run(self, op):
+        try:
+            await op(self)
+        except asyncio.CancelledError:
+            if not self.done():
+                self.cancel()
+            raise
+        except BaseException as exc:
+            if not self.done():
+                self._settled()
+                self.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def give(self, value):
+        """The op's result, unless the call has ended: then False (the op
+        deals with what it holds)."""
+        if self.done():
+            return False
+        self._settled()
+        self.set_result(value)
+        return True
+
+    def _ended_early(self):
+        self._settled()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+
+
+class Discard:
+    """A slot for a request whose reply nobody awaits (the release that
+    undoes an acquire which succeeded after its caller gave up)."""
+
+    __slots__ = ("body",)
+    spin = False
+
+    def __init__(self, body):
+        self.body = body
+
+    def done(self):
+        return False
+
+    def resolve(self, kind, value):
+        pass
+
+    def fail(self, exc):
+        pass

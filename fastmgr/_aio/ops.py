@@ -1,0 +1,249 @@
+"""Calls that may block on the server, as coroutines run by an OpCall.
+
+Each op takes the view, the OpCall it resolves (``outer``) and the
+method's arguments.  A blocking wait is sent in slices of ``SLICE``
+seconds (``get(True, SLICE)``, ``acquire(True, SLICE)``, ``wait(SLICE)``,
+again until it succeeds or its own timeout runs out), so that one that
+nobody awaits any more ends soon on the server (see ``leftovers.py``);
+waits that have no timeout to slice (``Barrier.wait``, ``JoinableQueue.join``,
+a pool's results, your own blocking methods) are sent whole.
+"""
+import asyncio
+import contextlib
+import queue
+
+from .. import _protocol as P
+from .call import Discard
+from .leftovers import SLICE
+from .link import FREE
+
+__all__ = ["QUICK_METHODS", "first_call", "blocking_call", "release", "queue_get",
+           "queue_put", "acquire", "wait_sliced"]
+
+#: methods of thread-bound objects that never block: they share the
+#: pipelined lane (or the lane of the lock the calling task holds)
+QUICK_METHODS = frozenset([
+    "qsize", "empty", "full", "put_nowait", "get_nowait", "task_done",
+    "is_set", "set", "clear", "notify", "notify_all", "release", "locked",
+    "abort", "reset", "ready", "successful", "__getattribute__", "__repr__", "__str__",
+    "#GETVALUE",
+])
+
+
+async def outcome(plain):
+    """await plain.  Should the op be cancelled in the very turn plain got
+    its result, that result goes to plain's late handler, not nowhere."""
+    try:
+        return await plain
+    except asyncio.CancelledError:
+        if plain.done() and not plain.cancelled() and plain.exception() is None:
+            if plain.late is not None:
+                plain.late(plain.result())
+        raise
+
+
+async def relay(outer, plain):
+    """outer's outcome is plain's."""
+    value = await outcome(plain)
+    if not outer.give(value) and plain.late is not None:
+        plain.late(value)
+
+
+@contextlib.asynccontextmanager
+async def lane_for(link, owner):
+    """The lane of the locks owner holds, else one from the pool for the
+    length of the block."""
+    lane = link.pinned(owner)
+    if lane is not None:
+        yield lane
+        return
+    lane = await link.checkout()
+    try:
+        yield lane
+    finally:
+        link.checkin(lane)
+
+
+def _deadline(loop, timeout):
+    """When a wait of timeout seconds ends (None: never)."""
+    return None if timeout is None else loop.time() + timeout
+
+
+def _slice(loop, deadline):
+    """How long the next slice waits on the server."""
+    if deadline is None:
+        return SLICE
+    return min(SLICE, max(0.0, deadline - loop.time()))
+
+
+def quick_route(link, owner):
+    """The lane for a quick call of owner's: that of its locks, else the
+    shared one."""
+    return link.pinned(owner) or FREE
+
+
+async def first_call(view, outer, method, args, kwds, op):
+    """The view's first call: ask the server how it serves the object,
+    then make the call as the answer says (op: the view's op for method
+    on a thread-bound object, or None)."""
+    link = view._link_now()
+    view._bound = bound = await link.thread_bound(view._ident)
+    if bound and op is not None:
+        await op(view, outer, *args, **(kwds or {}))
+        return
+    if not bound:
+        route = FREE
+    elif method in QUICK_METHODS:
+        route = quick_route(link, outer.owner)
+    else:
+        await blocking_call(view, outer, method, args, kwds)
+        return
+    await relay(outer, link.call(route, view._ident, method, args, kwds, convert=view._convert))
+
+
+async def blocking_call(view, outer, method, args, kwds):
+    """A call that may block, sent whole on a lane of its own."""
+    link = view._link_now()
+    async with lane_for(link, outer.owner) as lane:
+        await relay(outer, link.call(lane, view._ident, method, args, kwds,
+                                     convert=view._convert, spin=False))
+
+
+async def release(view, outer):
+    """release() as the first call of a view (see views.release_call)."""
+    await relay(outer, view._release_call(outer.owner))
+
+
+async def queue_get(view, outer, block=True, timeout=None):
+    """Queue.get: an item a cancelled get left first, then get_nowait on
+    the shared lane, then (if it may wait) get in slices on a lane of its
+    own; an item that comes for nobody goes to leftovers."""
+    link, ident = view._link_now(), view._ident
+    leftovers = link.leftovers
+    found, item = leftovers.take(ident)
+    if found:
+        if not outer.give(item):
+            leftovers.keep(view._proxy, item)
+        return
+    late = leftovers.keeper(view._proxy)
+    try:
+        await relay(outer, link.call(quick_route(link, outer.owner), ident, "get_nowait",
+                                     late=late))
+        return
+    except queue.Empty:
+        if not block:
+            raise
+    loop = link.loop
+    deadline = _deadline(loop, timeout)
+    leftovers.waiting(ident, outer)
+    try:
+        async with lane_for(link, outer.owner) as lane:
+            while True:
+                found, item = leftovers.take(ident)
+                if found:
+                    if not outer.give(item):
+                        leftovers.keep(view._proxy, item)
+                    return
+                args = (True, timeout) if timeout is not None and timeout <= SLICE else (
+                    True, _slice(loop, deadline))
+                try:
+                    await relay(outer, link.call(lane, ident, "get", args, late=late, spin=False))
+                    return
+                except queue.Empty:
+                    if deadline is None or loop.time() < deadline:
+                        continue
+                    raise
+    finally:
+        leftovers.done_waiting(ident, outer)
+
+
+async def queue_put(view, outer, item, block=True, timeout=None):
+    """Queue.put: put_nowait on the shared lane, then (if the queue is
+    full and it may wait) put in slices on a lane of its own."""
+    link, ident = view._link_now(), view._ident
+    try:
+        await relay(outer, link.call(quick_route(link, outer.owner), ident, "put_nowait",
+                                     (item,)))
+        return
+    except queue.Full:
+        if not block:
+            raise
+    loop = link.loop
+    deadline = _deadline(loop, timeout)
+    async with lane_for(link, outer.owner) as lane:
+        while True:
+            args = (item, True, timeout) if timeout is not None and timeout <= SLICE else (
+                item, True, _slice(loop, deadline))
+            try:
+                await relay(outer, link.call(lane, ident, "put", args, spin=False))
+                return
+            except queue.Full:
+                if deadline is None or loop.time() < deadline:
+                    continue
+                raise
+
+
+def _forever(timeout):
+    """A lock's timeout that means no limit (None, or -1 as threading has it)."""
+    return timeout is None or timeout == -1
+
+
+async def acquire(view, outer, blocking=True, timeout=None):
+    """acquire() of a lock, semaphore or condition: on the lane of the
+    locks the calling task holds, else one from the pool, which the task
+    then keeps until it releases (see link.py).  An acquire that succeeds
+    for nobody is released at once, on its lane."""
+    link, ident, owner = view._link_now(), view._ident, outer.owner
+    lane = link.pinned(owner)
+    own = lane is None
+    if own:
+        lane = await link.checkout()
+    release = link.codec.encode_request(P.REQ_CALL, ident, "release", (), None)
+
+    def undo(got):
+        if got and not lane.closed:
+            lane.send(Discard(release))
+
+    try:
+        loop = link.loop
+        if not blocking:
+            args = (False,) if _forever(timeout) else (False, timeout)
+            got = await outcome(link.call(lane, ident, "acquire", args, late=undo))
+        elif not _forever(timeout) and timeout <= SLICE:
+            got = await outcome(link.call(lane, ident, "acquire", (True, timeout), late=undo))
+        else:
+            deadline = None if _forever(timeout) else loop.time() + timeout
+            while True:
+                got = await outcome(link.call(lane, ident, "acquire",
+                                              (True, _slice(loop, deadline)), late=undo,
+                                              spin=False))
+                if got or (deadline is not None and loop.time() >= deadline):
+                    break
+        if got:
+            if outer.give(got):
+                link.pin(owner, lane)
+            else:
+                undo(got)
+        else:
+            outer.give(got)
+    finally:
+        if own and not lane.held:
+            link.checkin(lane)
+
+
+async def wait_sliced(view, outer, timeout=None):
+    """Event.wait or Condition.wait: wait(SLICE) until it returns true or
+    timeout runs out (a condition's wait needs the lock, so it goes on the
+    lane of the locks the calling task holds)."""
+    link, ident = view._link_now(), view._ident
+    loop = link.loop
+    deadline = _deadline(loop, timeout)
+    async with lane_for(link, outer.owner) as lane:
+        while True:
+            waited = timeout if timeout is not None and timeout <= SLICE else _slice(
+                loop, deadline)
+            plain = link.call(lane, ident, "wait", (waited,), spin=False)
+            value = await outcome(plain)
+            if value or (deadline is not None and loop.time() >= deadline):
+                outer.give(value)
+                return
