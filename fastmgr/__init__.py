@@ -31,7 +31,7 @@ __path__ = pkgutil.extend_path(__path__, __name__)
 
 #: where each public name lives
 _HOME = {
-    "_aio": ["aio"],
+    "_aio": ["aio", "AsyncProxy", "AsyncManager"],
     "errors": ["AuthenticationError", "ManagerGone", "ProcessError", "ProtocolError",
                "RemoteError"],
     "_install": ["install", "installed", "uninstall"],
@@ -49,7 +49,8 @@ _HOME = {
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 
 __all__ = [
-    "install", "uninstall", "installed", "pipeline", "oneway", "aio", "BaseManager", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "Token",
+    "install", "uninstall", "installed", "pipeline", "oneway", "aio", "AsyncProxy", "AsyncManager",
+    "BaseManager", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy", "Token",
     "Server", "State", "RemoteError", "ProcessError", "AuthenticationError", "ProtocolError",
     "ManagerGone", "all_methods", "public_methods",
     "SyncManager", "Manager", "SharedMemoryManager", "SharedMemoryServer",
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._aio import aio
+    from ._aio import AsyncManager, AsyncProxy, aio
     from ._install import install, installed, uninstall
     from .errors import (AuthenticationError, ManagerGone, ProcessError, ProtocolError,
                          RemoteError)

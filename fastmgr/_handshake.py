@@ -11,7 +11,8 @@ Server side: ``server_handshake()`` tells a fastmgr client from a client of
 plain ``multiprocessing.managers`` and authenticates either;
 ``deliver_challenge()`` takes fastmgr clients only.  Client side:
 ``client_handshake()`` authenticates with a fastmgr server, or a stdlib
-server when asked to; ``answer_challenge()``, with a fastmgr server only.
+server when asked to; ``answer_challenge()``, with a fastmgr server only,
+and ``answer_challenge_async()`` the same for an event loop's connection.
 """
 import collections
 import hmac
@@ -22,7 +23,7 @@ from . import _protocol as P
 from .errors import AuthenticationError, ProtocolError
 
 __all__ = ["Greeting", "StdlibRefused", "server_handshake", "client_handshake",
-           "deliver_challenge", "answer_challenge", "refuse"]
+           "deliver_challenge", "answer_challenge", "answer_challenge_async", "refuse"]
 
 #: the client's answer before its hello: the magic, a digest, then its nonce
 _ANSWER_SIZE = len(P.MAGIC) + P.DIGEST_SIZE + P.NONCE_SIZE
@@ -168,6 +169,27 @@ def client_handshake(conn, authkey, hello=b"", stdlib_servers=False):
     conn.send_bytes(answer)
     _check_proof(authkey, _recv(conn), nonce)
     return P.DIALECT_FASTMGR
+
+
+async def answer_challenge_async(conn, authkey, hello=b""):
+    """answer_challenge() for an event loop: conn.recv_bytes() is awaited.
+    A fastmgr server only: an async view speaks no stdlib format."""
+    hello = _client_hello(authkey, hello)
+    challenge = await _recv_async(conn)
+    if _from_stdlib_server(challenge):
+        raise StdlibRefused("the server runs plain multiprocessing.managers: "
+                            "async views need a fastmgr server")
+    answer, nonce = _answer(authkey, hello, challenge)
+    conn.send_bytes(answer)
+    _check_proof(authkey, await _recv_async(conn), nonce)
+
+
+async def _recv_async(conn):
+    """_recv(), awaited."""
+    try:
+        return await conn.recv_bytes(P.MAX_HANDSHAKE_FRAME)
+    except ProtocolError as exc:
+        raise AuthenticationError("malformed handshake frame: %s" % exc) from None
 
 
 def _client_hello(authkey, hello):

@@ -29,6 +29,9 @@ __all__ = ["pipeline", "oneway", "Pipeline"]
 
 
 def _peer_of(target):
+    if _is_async_view(target):
+        raise TypeError("an async view needs no pipeline(): its calls are pipelined "
+                        "as they are, gather them")
     if isinstance(target, BaseProxy):
         return object.__getattribute__(target, "_peer")
     peer = getattr(target, "_peer", None)
@@ -128,8 +131,18 @@ class _Oneway:
         self._send("__delitem__", (key,))
 
 
+def _is_async_view(target):
+    from ._aio import AsyncProxy
+    return isinstance(target, AsyncProxy)
+
+
 def oneway(proxy):
-    """A view of proxy whose calls never wait (and return None)."""
+    """A view of proxy whose calls never wait (and return None).  Of an
+    async view (fastmgr.aio), the calls leave on its loop's shared
+    connection, ahead of the awaits made there after them."""
+    if _is_async_view(proxy):
+        from ._aio.views import OnewayView
+        return OnewayView(proxy)
     if not isinstance(proxy, BaseProxy):
         raise TypeError("oneway() takes a fastmgr proxy, not %r" % type(proxy).__name__)
     return _Oneway(proxy)

@@ -1,7 +1,7 @@
 """Async views of proxies and managers: ``fastmgr.aio(target)``.
 
 The pieces, from the bottom up: ``lane.py`` (one connection driven by
-the event loop), ``connect.py`` and ``greeting.py`` (opening one),
+the event loop), ``connect.py`` (opening one; the handshake is ``_handshake.py``'s),
 ``link.py`` (one loop's lanes to one manager, and which lane a call
 takes), ``call.py`` (the awaitable a view's method returns), ``ops.py``
 (calls that may block), ``leftovers.py`` (what cancelled calls leave

@@ -29,6 +29,7 @@ RESP_RETURN = P.RESP_RETURN
 RESP_PROXY = P.RESP_PROXY
 _future_await = asyncio.Future.__await__
 _future_init = asyncio.Future.__init__
+_blocking = asyncio.Future.__dict__["_asyncio_future_blocking"]
 
 
 def exception_for(kind, value):
@@ -89,6 +90,18 @@ class Call(asyncio.Future):
         self._started()
         super().add_done_callback(fn, context=context)
 
+    # asyncio tells a future from other objects by this attribute
+    # (asyncio.isfuture): ensure_future(call), gather(call), wait(...) look
+    # at it first, and start the call as they would schedule a coroutine
+    @property
+    def _asyncio_future_blocking(self):
+        self._started()
+        return _blocking.__get__(self)
+
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value):
+        _blocking.__set__(self, value)
+
     # -- the coroutine protocol (asyncio.create_task drives it) --------------
 
     def _iterator(self):
@@ -146,7 +159,7 @@ class PlainCall(Call):
     """One request: ``link.dispatch(call)`` sends it on the lane that
     ``route`` names (``link.py``)."""
 
-    # link: the Link that sends it, None once begun
+    # link: the Link that sends it
     # route: which lane carries it (link.FREE, link.QUICK, or a Lane)
     # request: (ident, method, args, kwds), encoded when the call begins
     # body: the encoded request, until a lane sends it
@@ -156,6 +169,7 @@ class PlainCall(Call):
     # spin: whether the caller may spin for the reply (calls that may wait
     #       on the server do not)
     __slots__ = ("link", "route", "request", "body", "convert", "late", "after", "spin")
+    oneway = False
 
     def __init__(self, loop, link, route, request, convert=None, late=None, after=None,
                  spin=True, limit=None):
@@ -174,10 +188,10 @@ class PlainCall(Call):
         self.spin = spin
 
     def _begin(self):
-        link = self.link
-        if link is not None:
-            self.link = None
-            link.dispatch(self)
+        self.link.dispatch(self)
+
+    def _ended_early(self):
+        self.link.ended_early(self)
 
     def resolve(self, kind, value):
         """The reply came (a lane calls this, in request order)."""
@@ -272,6 +286,7 @@ class Discard:
 
     __slots__ = ("body",)
     spin = False
+    oneway = False
 
     def __init__(self, body):
         self.body = body
@@ -281,6 +296,24 @@ class Discard:
 
     def resolve(self, kind, value):
         pass
+
+    def fail(self, exc):
+        pass
+
+
+class OnewayRequest:
+    """A REQ_ONEWAY request on its way to a lane: it takes no slot, since
+    no reply comes."""
+
+    __slots__ = ("body", "route")
+    oneway = True
+
+    def __init__(self, body, route):
+        self.body = body
+        self.route = route
+
+    def done(self):
+        return False
 
     def fail(self, exc):
         pass

@@ -11,11 +11,11 @@ import socket
 import ssl
 
 from .._backend import wire
+from .._handshake import answer_challenge_async
 from .._protocol import DEFAULT_MAX_MESSAGE, MAX_HANDSHAKE_FRAME
 from ..connection import address_family
 from ..errors import ManagerGone
 from ..proxies import _UNREACHABLE, _Session
-from .greeting import answer_challenge_async
 from .lane import Lane
 
 __all__ = ["open_lane"]

@@ -23,6 +23,7 @@ non-blocking socket carries it.
 """
 import collections
 import os
+import select
 import ssl
 import struct
 import time
@@ -76,6 +77,8 @@ class Lane:
         self._increfs = []              # proxies unpickled from a reply: increfs to send
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
+        self._poller = select.poll()
+        self._poller.register(self.fd, select.POLLIN)
         self.loop.add_reader(self.fd, self._readable)
 
     def __repr__(self):
@@ -193,22 +196,24 @@ class Lane:
 
     def spin(self, call, budget):
         """Read the socket until call has its reply or budget (seconds)
-        runs out; True if it came.  The caller holds the loop meanwhile."""
-        recv_into, buf = self.sock.recv_into, self._buf
+        runs out; True if it came.  The caller holds the loop meanwhile.
+        (poll() says "nothing yet" for a third of what a recv that fails
+        with EAGAIN costs.)"""
+        ready = self._poller.poll
         now = _perf()
         end, calm = now + budget, now + SPIN_CALM
         while True:
-            try:
-                n = recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                n = -1
-            except OSError as exc:
-                self.broken(exc)
-                return True
-            if n == 0:
-                self.broken(EOFError("the manager closed the connection"))
-                return True
-            if n > 0:
+            if ready(0):
+                try:
+                    n = self.sock.recv_into(self._buf)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    self.broken(exc)
+                    return True
+                if n == 0:
+                    self.broken(EOFError("the manager closed the connection"))
+                    return True
                 self._take_in(n)
                 if call.done() or self.closed:
                     return True

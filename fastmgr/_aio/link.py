@@ -28,7 +28,7 @@ import time
 from .. import _protocol as P
 from .._backend import wire
 from ..errors import ManagerGone, RemoteError
-from .call import PlainCall
+from .call import OnewayRequest, PlainCall
 from .connect import open_lane
 from .lane import copy_failure
 from .leftovers import Leftovers
@@ -142,7 +142,26 @@ class Link:
             return
         if self.peer.dead:
             self._send_decrefs(lane)
-        lane.send(call)
+        if call.oneway:
+            lane.send_oneway(call.body)
+        else:
+            lane.send(call)
+
+    def ended_early(self, call):
+        """call was cancelled or ran out of time.  If it was sent on the
+        shared lane and is still unanswered, the server may be busy with
+        it for long: later calls take a new shared lane (this one closes
+        once its replies, late ones included, are in), as a sync call that
+        times out leaves its connection."""
+        lane = self.shared
+        if lane is not None and call in lane.slots:
+            self.shared = None
+            lane.on_idle = self.drop
+
+    def send_oneway(self, ident, method, args=(), kwds=None):
+        """A request that gets no reply, on the shared lane (REQ_ONEWAY)."""
+        body = self.codec.encode_request(P.REQ_ONEWAY, ident, method, args, kwds or None)
+        self.dispatch(OnewayRequest(body, FREE))
 
     async def _open_shared(self):
         try:

@@ -39,7 +39,7 @@ from . import ops
 from .call import OpCall, PlainCall
 from .link import FREE, QUICK, link_for
 
-__all__ = ["AsyncProxy", "view_of", "view_type"]
+__all__ = ["AsyncProxy", "OnewayView", "view_of", "view_type"]
 
 RESP_PROXY = P.RESP_PROXY
 _get_running_loop = asyncio.get_running_loop
@@ -128,6 +128,14 @@ class AsyncProxy:
     def _getvalue(self):
         """A copy of the shared object."""
         return self._call("#GETVALUE")
+
+    def repr(self):
+        """The shared object's repr (what str(proxy) gives)."""
+        return self._call("__repr__")
+
+    def str(self):
+        """The shared object's str."""
+        return self._call("__str__")
 
     def __aiter__(self):
         if "__iter__" in self._exposed_:
@@ -450,3 +458,31 @@ def view_of(value):
         return view_type(value)(value)
     return value
 
+
+
+class OnewayView:
+    """``fastmgr.oneway(view)``: calls that are sent and never answered
+    (errors are dropped on the server), on the shared lane of the running
+    loop.  They return None at once."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view):
+        object.__setattr__(self, "_view", view)
+
+    def _send(self, method, args, kwds=None):
+        view = self._view
+        link = view._link_now()
+        link.send_oneway(view._ident, method, args, kwds)
+
+    def __getattr__(self, name):
+        def call(*args, **kwds):
+            self._send(name, args, kwds)
+        call.__name__ = name
+        return call
+
+    def __setitem__(self, key, value):
+        self._send("__setitem__", (key, value))
+
+    def __delitem__(self, key):
+        self._send("__delitem__", (key,))

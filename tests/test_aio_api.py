@@ -1,0 +1,429 @@
+"""fastmgr.aio: what an async view offers, against real manager processes
+(fork and spawn), on the default event loop and on uvloop."""
+import asyncio
+import gc
+import queue
+import sys
+
+import pytest
+
+import fastmgr
+from _aio_helpers import (AioManager, CustomError, in_thread, loop_runner, manager,  # noqa: F401
+                          run, start_manager)
+from fastmgr import ProcessError, RemoteError, aio
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_aio_takes_proxies_and_managers_only(manager):
+    d = manager.dict()
+    view = aio(d)
+    assert aio(view) is view and view.proxy is d
+    assert aio(aio(manager)).manager is manager
+    with pytest.raises(TypeError):
+        aio(3)
+    assert "async view" in repr(view) and "DictProxy" in repr(view)
+
+
+def test_dict(manager, run):
+    d = manager.dict({"a": 1})
+
+    async def main():
+        ad = aio(d)
+        assert await ad.get("a") == 1
+        assert await ad.get("missing", "default") == "default"
+        await ad.setitem("b", 2)
+        assert await ad.getitem("b") == 2
+        assert await ad.len() == 2
+        assert await ad.contains("a") and not await ad.contains("zzz")
+        await ad.delitem("a")
+        assert await ad.copy() == {"b": 2}
+        await ad.update({"c": 3}, d=4)
+        assert sorted(await ad.keys()) == ["b", "c", "d"]
+        assert await ad.pop("d") == 4
+        assert await ad.or_({"x": 0}) == {"b": 2, "c": 3, "x": 0}
+        assert await ad.ior({"y": 9}) is ad
+        with pytest.raises(KeyError) as info:
+            await ad.getitem("nope")
+        assert info.value.args == ("nope",)
+        assert "Traceback" in str(info.value.__cause__)
+        return await ad._getvalue()
+
+    assert run(main) == {"b": 2, "c": 3, "y": 9}
+    assert d.copy() == {"b": 2, "c": 3, "y": 9}  # the same object, seen synchronously
+
+
+def test_list_and_async_for(manager, run):
+    items = manager.list([3, 1, 2])
+
+    async def main():
+        al = aio(items)
+        await al.append(4)
+        await al.extend([5])
+        await al.setitem(0, 0)
+        assert await al.getitem(-1) == 5
+        assert await al.len() == 5
+        await al.sort()
+        with pytest.raises(IndexError):
+            await al.getitem(99)
+        assert await al.imul(2) is al
+        return [x async for x in al]
+
+    assert run(main) == [0, 1, 2, 4, 5] * 2
+
+
+def test_manager_view_makes_async_views(run):
+    m = start_manager()
+    try:
+        async def main():
+            amgr = aio(m)
+            before = await amgr._number_of_objects()
+            ad = await amgr.dict({"k": "v"})
+            maths = await amgr.Maths("made here")
+            assert isinstance(ad, fastmgr.AsyncProxy) and isinstance(maths, fastmgr.AsyncProxy)
+            assert await ad.get("k") == "v"
+            assert await maths.add(2, 3) == 5
+            assert await maths.repr() == "Maths('made here')"
+            assert await amgr._number_of_objects() == before + 2
+            assert "Maths" in dir(amgr) and "dict" in dir(amgr)
+            with pytest.raises(AttributeError):
+                amgr.no_such_typeid
+            del ad, maths
+            gc.collect()
+            await (await amgr.list()).append(1)  # the decrefs leave with the next call
+            assert await amgr._number_of_objects() == before + 0
+        run(main)
+    finally:
+        m.shutdown()
+
+    async def not_started():
+        await aio(AioManager()).dict()
+    with pytest.raises(ProcessError):
+        asyncio.run(not_started())
+
+
+def test_errors_as_the_sync_call_raises_them(manager, run):
+    maths = manager.Maths()
+
+    async def main():
+        am = aio(maths)
+        with pytest.raises(KeyError) as info:
+            await am.fail_key("k")
+        assert "fail_key" in str(info.value.__cause__)
+        with pytest.raises(CustomError) as info:
+            await am.fail_custom(7)
+        assert type(info.value) is CustomError and info.value.args == (7,)
+        with pytest.raises(RemoteError) as info:  # a result that does not pickle
+            await am.unpicklable()
+        with pytest.raises(RemoteError):
+            await am._call("_not_exposed")
+        with pytest.raises(type(sync_error)):  # an argument that does not pickle
+            await am.echo(lambda: None)
+        return await am.add(1, 2)  # still fine after all that
+
+    try:
+        maths.echo(lambda: None)
+    except Exception as exc:
+        sync_error = exc
+    assert run(main) == 3
+
+
+def test_nested_proxies_come_back_as_views(manager, run):
+    shelf = manager.Shelf()
+    outer = manager.dict()
+    outer["inner"] = manager.dict({"deep": 1})
+
+    async def main():
+        item = await aio(shelf).item("tools")  # method_to_typeid: a new proxy
+        assert isinstance(item, fastmgr.AsyncProxy)
+        assert await item.repr() == "Maths('tools')"
+        assert await item.add(1, 1) == 2
+        inner = await aio(outer).getitem("inner")  # a proxy stored in a dict
+        assert isinstance(inner, fastmgr.AsyncProxy)
+        assert await inner.get("deep") == 1
+        await inner.setitem("deep", 2)
+        return item.proxy, inner.proxy
+
+    item, inner = run(main)
+    assert item.add(2, 2) == 4 and inner["deep"] == 2  # the proxies work synchronously too
+
+
+def test_iterators(manager, run):
+    d = manager.dict({1: "a", 2: "b", 3: "c"})
+
+    async def main():
+        ad = aio(d)
+        keys = [k async for k in ad]
+        it = await ad.iter()
+        assert isinstance(it, fastmgr.AsyncProxy)
+        first = await it.next()
+        rest = [k async for k in it]
+        with pytest.raises(StopAsyncIteration):
+            await it.next()
+        return keys, [first] + rest
+
+    keys, again = run(main)
+    assert sorted(keys) == [1, 2, 3] and sorted(again) == [1, 2, 3]
+
+
+def test_value_namespace_event_barrier(manager, run):
+    value = manager.Value("i", 1)
+    ns = manager.Namespace(x=1)
+    event = manager.Event()
+    barrier = manager.Barrier(3)
+
+    async def main():
+        av, ans, aev, ab = aio(value), aio(ns), aio(event), aio(barrier)
+        assert await av.value == 1
+        await av.set(5)
+        assert await av.get() == 5
+        assert await ans.getattr("x") == 1
+        await ans.setattr("y", 2)
+        await ans.delattr("x")
+        with pytest.raises(AttributeError):
+            await ans.getattr("x")
+        assert not await aev.wait(0.05)
+        waiter = asyncio.ensure_future(aev.wait())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await aev.set()
+        assert await waiter is True and await aev.is_set()
+        assert await ab.parties == 3 and not await ab.broken
+        indexes = await asyncio.gather(ab.wait(), ab.wait(), ab.wait())
+        return sorted(indexes)
+
+    assert run(main) == [0, 1, 2]
+    assert value.value == 5 and ns.y == 2
+
+
+def test_locks(manager, run):
+    lock, rlock, sem = manager.Lock(), manager.RLock(), manager.Semaphore(2)
+
+    async def main():
+        al, arl, asem = aio(lock), aio(rlock), aio(sem)
+        async with al:
+            assert await al.locked()
+            assert not await al.acquire(False)
+            assert not await al.acquire(True, 0.05)
+        assert not await al.locked()
+        async with arl:
+            async with arl:  # re-entrant for the task that holds it
+                pass
+
+            async def other_task():
+                with pytest.raises(RuntimeError):
+                    await arl.release()  # not the owner
+                return await arl.acquire(timeout=0.05)
+            assert await asyncio.ensure_future(other_task()) is False
+        assert await asyncio.ensure_future(arl.acquire(timeout=1))  # free again
+        await asyncio.sleep(0)
+        async with asem:
+            async with asem:
+                assert not await asem.acquire(timeout=0.05)
+        # a Lock taken in one task may be released in another, as with threads
+        assert await al.acquire()
+        await asyncio.ensure_future(al.release())
+        return await al.locked()
+
+    assert run(main) is False
+    assert lock.acquire(timeout=1)  # nothing left held
+    lock.release()
+
+
+def test_condition(manager, run):
+    cond = manager.Condition()
+    state = manager.dict(ready=False)
+
+    async def main():
+        ac, ast = aio(cond), aio(state)
+
+        async def consumer():
+            async with ac:
+                return await ac.wait_for(lambda: ast.get("ready"), timeout=10)
+
+        async def producer():
+            await asyncio.sleep(0.05)
+            async with ac:
+                await ast.setitem("ready", True)
+                await ac.notify_all()
+
+        got = await asyncio.gather(consumer(), consumer(), producer())
+        async with ac:
+            assert await ac.wait(0.05) is False
+        with pytest.raises(RuntimeError):
+            await ac.notify()  # without the lock, as the stdlib says
+        return got[:2]
+
+    assert run(main) == [True, True]
+
+
+def test_queues(manager, run):
+    q, jq, small = manager.Queue(), manager.JoinableQueue(), manager.Queue(1)
+
+    async def main():
+        aq, ajq, asmall = aio(q), aio(jq), aio(small)
+        await aq.put(1)
+        await aq.put_nowait(2)
+        assert await aq.qsize() == 2
+        assert [await aq.get(), await aq.get_nowait()] == [1, 2]
+        with pytest.raises(queue.Empty):
+            await aq.get_nowait()
+        with pytest.raises(queue.Empty):
+            await aq.get(timeout=0.05)
+        with pytest.raises(queue.Empty):
+            await aq.get(True, 0.7)  # longer than one slice on the server
+        getter = asyncio.ensure_future(aq.get())
+        await asyncio.sleep(0.1)
+        await aq.put("late")
+        assert await getter == "late"
+        await asmall.put("x")
+        with pytest.raises(queue.Full):
+            await asmall.put_nowait("y")
+        with pytest.raises(queue.Full):
+            await asmall.put("y", timeout=0.05)
+        putter = asyncio.ensure_future(asmall.put("y"))
+        await asyncio.sleep(0.05)
+        assert await asmall.get() == "x"
+        await putter
+        assert await asmall.get() == "y"
+        await ajq.put("job")
+        joiner = asyncio.ensure_future(ajq.join())
+        assert await ajq.get() == "job"
+        await asyncio.sleep(0.05)
+        assert not joiner.done()
+        await ajq.task_done()
+        await joiner
+        return await aq.empty()
+
+    assert run(main) is True
+
+
+def test_pool_results(manager, run):
+    pool = manager.Pool(2)
+
+    async def main():
+        apool = aio(pool)
+        result = await apool.apply_async(pow, (2, 10))
+        assert isinstance(result, fastmgr.AsyncProxy)
+        assert await result.get(timeout=10) == 1024
+        return await apool.map(abs, [-1, -2])
+
+    try:
+        assert run(main) == [1, 2]
+    finally:
+        pool.terminate()
+
+
+def test_a_blocking_call_does_not_hold_up_others(manager, run):
+    """A thread-bound object's call that blocks takes a lane of its own:
+    calls on other objects, and quick calls, go on meanwhile."""
+    waiter, d, q = manager.Waiter(), manager.dict(), manager.Queue()
+
+    async def main():
+        aw, ad, aq = aio(waiter), aio(d), aio(q)
+        blocked = [asyncio.ensure_future(aw.wait(20)), asyncio.ensure_future(aq.get())]
+        await asyncio.sleep(0.1)
+        for i in range(50):
+            await ad.setitem(i, i)
+        assert await aq.qsize() == 0 and await aw.pause(0) == 0
+        assert not any(t.done() for t in blocked)
+        await aw.set()
+        await aq.put("go")
+        return await asyncio.gather(*blocked)
+
+    assert run(main) == [True, "go"]
+
+
+def test_many_calls_in_flight(manager, run):
+    d = manager.dict({i: i * i for i in range(500)})
+    maths = manager.Maths()
+
+    async def main():
+        ad, am = aio(d), aio(maths)
+        squares = await asyncio.gather(*[ad.get(i) for i in range(500)])
+        sums = await asyncio.gather(*[asyncio.ensure_future(am.add(i, 1)) for i in range(300)])
+        mixed = await asyncio.gather(*[ad.get(i) if i % 2 else am.echo(i) for i in range(300)])
+        return squares, sums, mixed
+
+    squares, sums, mixed = run(main)
+    assert squares == [i * i for i in range(500)]
+    assert sums == [i + 1 for i in range(300)]
+    assert mixed == [i * i if i % 2 else i for i in range(300)]
+
+
+def test_the_same_proxy_sync_and_async(manager, run):
+    d = manager.dict()
+
+    async def main():
+        ad = aio(d)
+        for i in range(20):
+            d[i] = "sync"
+            assert await ad.get(i) == "sync"
+            await ad.setitem(i, "async")
+            assert d[i] == "async"
+        return len(d)
+
+    assert run(main) == 20
+    assert in_thread(loop_runner(run.kind), main) == 20  # a loop in another thread
+
+
+def test_calls_behave_as_coroutines(manager, run):
+    maths = manager.Maths()
+
+    async def main():
+        am = aio(maths)
+        call = am.add(1, 2)
+        assert asyncio.iscoroutine(call) and asyncio.isfuture(call)
+        results = [await asyncio.create_task(am.add(1, 1)),
+                   await asyncio.wait_for(am.add(2, 2), 10),
+                   await asyncio.shield(am.add(3, 3)), await call]
+        if sys.version_info >= (3, 11):
+            async with asyncio.TaskGroup() as group:
+                task = group.create_task(am.add(4, 4))
+            results.append(task.result())
+        return results
+
+    assert run(main)[:4] == [2, 4, 6, 3]
+    # made where no loop runs, it starts in the loop that awaits it
+    assert asyncio.run(aio(maths).add(5, 5)) == 10
+
+
+def test_timeouts(run):
+    m = start_manager(timeout=0.3)
+    try:
+        maths = m.Maths()
+
+        async def main():
+            am = aio(maths)
+            with pytest.raises(TimeoutError):
+                await am.slow(1.0, "late")
+            assert await am.echo("mine") == "mine"  # never the late reply
+            maths._set_timeout(5)
+            assert await am.slow(0.5, "in time") == "in time"
+            maths._set_timeout(0.1)
+            with pytest.raises(TimeoutError):
+                await am.slow(0.5, "late")
+            maths._set_timeout(5)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(am.slow(0.5, "late"), 0.1)
+            return await am.echo("last")
+
+        assert run(main) == "last"
+    finally:
+        m.shutdown()
+
+
+def test_oneway(manager, run):
+    d = manager.dict()
+
+    async def main():
+        ad = aio(d)
+        send = fastmgr.oneway(ad)
+        for i in range(100):
+            send[i] = i
+        send.update({"done": True})
+        return await ad.get("done"), await ad.len()
+
+    assert run(main) == (True, 101)
+    with pytest.raises(TypeError):
+        fastmgr.pipeline(aio(d))
