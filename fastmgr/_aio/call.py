@@ -194,26 +194,31 @@ class PlainCall(Call):
         self.link.ended_early(self)
 
     def resolve(self, kind, value):
-        """The reply came (a lane calls this, in request order)."""
+        """The reply came (a lane calls this, in request order).  The call
+        lets go of its handlers: a done future can outlive the step that
+        awaited it (the loop holds the handle that woke the task), and must
+        not keep the view and its proxy alive meanwhile."""
+        after, late, convert = self.after, self.late, self.convert
+        self.after = self.late = self.convert = None
         if kind == RESP_RETURN:
-            if self.after is not None:
-                self.after(value)
+            if after is not None:
+                after(value)
             if self.done():
-                if self.late is not None:
-                    self.late(value)
+                if late is not None:
+                    late(value)
                 return
             if self._timer is not None:
                 self._settled()
-            if self.convert is not None and isinstance(value, BaseProxy):
-                value = self.convert(kind, value)
+            if convert is not None and isinstance(value, BaseProxy):
+                value = convert(kind, value)
             self.set_result(value)
             return
         if self.done():
             return
         self._settled()
-        if kind == RESP_PROXY and self.convert is not None:
+        if kind == RESP_PROXY and convert is not None:
             try:
-                self.set_result(self.convert(kind, value))
+                self.set_result(convert(kind, value))
             except Exception as exc:
                 self.set_exception(exc)
         else:
@@ -222,6 +227,7 @@ class PlainCall(Call):
     def fail(self, exc):
         """The reply will never come (the connection broke), or it came
         but could not be decoded."""
+        self.after = self.late = self.convert = None
         if not self.done():
             self._settled()
             self.set_exception(exc)
