@@ -99,7 +99,7 @@ class Control:
     def thread_bound(self, ident):
         """Whether calls on ident run on their connection's own thread
         (async views give such calls a connection of their own)."""
-        return bool(self._server.table[ident][3])
+        return bool(self._server.table[ident].thread_bound)
 
     def dummy(self):
         return None

@@ -32,21 +32,24 @@ QUICK_METHODS = frozenset([
 
 async def outcome(plain):
     """await plain.  Should the op be cancelled in the very turn plain got
-    its result, that result goes to plain's late handler, not nowhere."""
+    its result, that result goes to plain's late handler, not nowhere.
+    (The handler is taken first: a call lets go of it once resolved.)"""
+    late = plain.late
     try:
         return await plain
     except asyncio.CancelledError:
-        if plain.done() and not plain.cancelled() and plain.exception() is None:
-            if plain.late is not None:
-                plain.late(plain.result())
+        if late is not None and plain.done() and not plain.cancelled() and (
+                plain.exception() is None):
+            late(plain.result())
         raise
 
 
 async def relay(outer, plain):
-    """outer's outcome is plain's."""
+    """outer's outcome is plain's (or, if outer has ended, its late handler's)."""
+    late = plain.late
     value = await outcome(plain)
-    if not outer.give(value) and plain.late is not None:
-        plain.late(value)
+    if not outer.give(value) and late is not None:
+        late(value)
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,84 @@
+"""fastmgr.aio over TCP and TLS (loopback): the lanes of an async view
+carry TLS through memory buffers on their non-blocking sockets."""
+import asyncio
+import queue
+import shutil
+import ssl
+import subprocess
+
+import pytest
+
+from _aio_helpers import AioManager, run  # noqa: F401
+from fastmgr import AuthenticationError, AutoProxy, Token, aio
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    d = tmp_path_factory.mktemp("aio-tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem",
+                    "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   cwd=str(d), check=True, capture_output=True, timeout=60)
+    return d
+
+
+def _contexts(certificate):
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(certificate / "cert.pem"), str(certificate / "key.pem"))
+    client = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
+    return server, client
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_views_over_tcp(tls, certificate, run):
+    kwds = {}
+    if tls:
+        kwds["ssl_context"], kwds["client_ssl_context"] = _contexts(certificate)
+    m = AioManager(address=("127.0.0.1", 0), **kwds)
+    m.start()
+    try:
+        maths, q, d = m.Maths(), m.Queue(), m.dict()
+        big = b"\x01" * 300000  # several TLS records, more than a socket buffer
+
+        async def main():
+            am, aq, ad = aio(maths), aio(q), aio(d)
+            assert await am.echo(big) == big
+            sums = await asyncio.gather(*[am.add(i, i) for i in range(200)])
+            getter = asyncio.ensure_future(aq.get(timeout=10))  # a lane of its own
+            await asyncio.sleep(0.05)
+            await aq.put("over the wire")
+            assert await getter == "over the wire"
+            with pytest.raises(queue.Empty):
+                await aq.get(timeout=0.05)
+            await ad.update({i: str(i) for i in range(100)})
+            return sums, await ad.len()
+
+        sums, length = run(main)
+        assert sums == [2 * i for i in range(200)] and length == 100
+    finally:
+        m.shutdown()
+
+
+def test_tls_refuses_a_plain_lane(certificate):
+    """A client that does not speak TLS to a TLS manager is refused."""
+    server, client = _contexts(certificate)
+    m = AioManager(address=("127.0.0.1", 0), ssl_context=server, client_ssl_context=client)
+    m.start()
+    try:
+        d = m.dict()
+        # the same object through a link of its own (another serializer
+        # makes another link), which has no TLS
+        stranger = AutoProxy(Token("dict", m.address, d._id), "xmlrpclib", authkey=m._authkey,
+                             exposed=("keys",), incref=False)
+        stranger._peer.configure(connect_timeout=2)
+        with pytest.raises((AuthenticationError, TimeoutError, ConnectionError, EOFError,
+                            ssl.SSLError)):
+            asyncio.run(aio(stranger).keys())
+    finally:
+        m.shutdown()
