@@ -5,10 +5,11 @@ import re
 
 import pytest
 
-from fastmgr import _bench
+from fastmgr import _bench, _bench_aio
 
 TIME_OPS = [op for op in _bench.OPS if op.kind == "time"]
 CLIENT_OPS = [op for op in _bench.OPS if op.kind == "clients"]
+AIO_OPS = [op for op in _bench.OPS if op.kind == "aio"]
 CALLS_PER_CLIENT = 2000
 
 
@@ -61,3 +62,21 @@ def test_throughput(benchmark, managers, op, impl):
 def test_manager_startup(benchmark, impl):
     benchmark.group = "manager start-up"
     benchmark.pedantic(_bench.startup_once, args=(impl,), rounds=10, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("op", AIO_OPS, ids=[_slug(op.name) for op in AIO_OPS])
+def test_aio(benchmark, managers, op, impl):
+    """A round: op.n awaits (one at a time, or gathers of 1,000) on a loop
+    of op.loop's kind; extra_info["ops_per_round"] says how many."""
+    benchmark.group = op.name
+    batch = op.setup(managers(impl), impl)
+    loop = _bench_aio.new_loop(op.loop)
+    try:
+        loop.run_until_complete(batch(max(1, op.n // 10)))
+        benchmark.pedantic(loop.run_until_complete, setup=lambda: ((batch(op.n),), {}),
+                           rounds=5, warmup_rounds=1)
+        benchmark.extra_info["ops_per_round"] = op.n
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()

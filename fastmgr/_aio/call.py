@@ -30,6 +30,7 @@ RESP_PROXY = P.RESP_PROXY
 _future_await = asyncio.Future.__await__
 _future_init = asyncio.Future.__init__
 _blocking = asyncio.Future.__dict__["_asyncio_future_blocking"]
+_add_done_callback = asyncio.Future.add_done_callback
 
 
 def exception_for(kind, value):
@@ -88,7 +89,7 @@ class Call(asyncio.Future):
 
     def add_done_callback(self, fn, *, context=None):
         self._started()
-        super().add_done_callback(fn, context=context)
+        _add_done_callback(self, fn, context=context)
 
     # asyncio tells a future from other objects by this attribute
     # (asyncio.isfuture): ensure_future(call), gather(call), wait(...) look
@@ -163,15 +164,16 @@ class PlainCall(Call):
     # route: which lane carries it (link.FREE, link.QUICK, or a Lane)
     # request: (ident, method, args, kwds), encoded when the call begins
     # body: the encoded request, until a lane sends it
-    # convert: convert(kind, value) for a result that is a proxy (an async view)
+    # view: the async view it was made by, which turns proxies in its
+    #       result into views (None: leave them be)
     # late: late(value) for a result that comes after the call ended
     # after: after(value) for every result, early or late (a lock's bookkeeping)
     # spin: whether the caller may spin for the reply (calls that may wait
     #       on the server do not)
-    __slots__ = ("link", "route", "request", "body", "convert", "late", "after", "spin")
+    __slots__ = ("link", "route", "request", "body", "view", "late", "after", "spin")
     oneway = False
 
-    def __init__(self, loop, link, route, request, convert=None, late=None, after=None,
+    def __init__(self, loop, link, route, request, view=None, late=None, after=None,
                  spin=True, limit=None):
         # Call.__init__ inlined: this runs for every call
         _future_init(self, loop=loop)
@@ -182,24 +184,36 @@ class PlainCall(Call):
         self.route = route
         self.request = request
         self.body = None
-        self.convert = convert
+        self.view = view
         self.late = late
         self.after = after
         self.spin = spin
 
-    def _begin(self):
-        self.link.dispatch(self)
+    def _started(self):
+        # Call._started with _begin inlined: this runs for every call
+        if self._it is not None:
+            return
+        self._it = _STARTED
+        try:
+            self.link.dispatch(self)
+        except BaseException as exc:  # delivered to whoever awaits
+            if not self.done():
+                self.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        if self._limit is not None and not self.done():
+            self._timer = self.get_loop().call_later(self._limit, self._time_up, self._limit)
 
     def _ended_early(self):
         self.link.ended_early(self)
 
     def resolve(self, kind, value):
         """The reply came (a lane calls this, in request order).  The call
-        lets go of its handlers: a done future can outlive the step that
+        lets go of what it holds: a done future can outlive the step that
         awaited it (the loop holds the handle that woke the task), and must
         not keep the view and its proxy alive meanwhile."""
-        after, late, convert = self.after, self.late, self.convert
-        self.after = self.late = self.convert = None
+        after, late, view = self.after, self.late, self.view
+        self.after = self.late = self.view = None
         if kind == RESP_RETURN:
             if after is not None:
                 after(value)
@@ -209,16 +223,16 @@ class PlainCall(Call):
                 return
             if self._timer is not None:
                 self._settled()
-            if convert is not None and isinstance(value, BaseProxy):
-                value = convert(kind, value)
+            if view is not None and isinstance(value, BaseProxy):
+                value = view._convert(kind, value)
             self.set_result(value)
             return
         if self.done():
             return
         self._settled()
-        if kind == RESP_PROXY and convert is not None:
+        if kind == RESP_PROXY and view is not None:
             try:
-                self.set_result(convert(kind, value))
+                self.set_result(view._convert(kind, value))
             except Exception as exc:
                 self.set_exception(exc)
         else:
@@ -227,7 +241,7 @@ class PlainCall(Call):
     def fail(self, exc):
         """The reply will never come (the connection broke), or it came
         but could not be decoded."""
-        self.after = self.late = self.convert = None
+        self.after = self.late = self.view = None
         if not self.done():
             self._settled()
             self.set_exception(exc)

@@ -96,13 +96,19 @@ class Lane:
             return
         body = call.body
         call.body = None
-        data = _frame_len.pack(len(body)) + body if len(body) < 0x7FFFFFFF else frame(body)
-        if self.slots or self.out:
-            self.slots.append(call)
-            self.queue(data)
+        slots, out = self.slots, self.out
+        slots.append(call)
+        if len(slots) > 1 or out:
+            n = len(body)
+            out += _frame_len.pack(n) if n <= 0x7FFFFFFF else _frame_len.pack(-1) + _frame_len64.pack(n)
+            out += body
+            if not self.flush_due:
+                self.flush_due = True
+                self.loop.call_soon(self.flush)
+            elif len(out) >= FLUSH_SIZE:
+                self.flush()
             return
-        self.slots.append(call)
-        self._write(data)
+        self._write(frame(body))
         link = self.link
         if call.spin and link.spin_s and not self.closed and link.may_spin():
             link.spun(self.spin(call, link.spin_s))
@@ -111,11 +117,11 @@ class Lane:
         """Send data at the end of this turn of the loop (at once when
         much is waiting)."""
         self.out += data
-        if len(self.out) >= FLUSH_SIZE:
-            self.flush()
-        elif not self.flush_due:
+        if not self.flush_due:
             self.flush_due = True
             self.loop.call_soon(self.flush)
+        elif len(self.out) >= FLUSH_SIZE:
+            self.flush()
 
     def send_oneway(self, body):
         """A request that gets no reply (REQ_ONEWAY)."""

@@ -147,6 +147,9 @@ class Leftovers:
                 return
             link.lanes.discard(lane)
             sock = lane.detach()
-            sock.setblocking(True)
-            peer.anchor = wire.Connection(sock, codec=link.codec)
+            try:
+                sock.setblocking(True)
+                peer.anchor = wire.Connection(sock, codec=link.codec)
+            except OSError:  # the socket is gone already
+                sock.close()
 

@@ -23,7 +23,9 @@ close it before the loop closes, through the loop's async-generator
 shutdown; what it does then is in ``leftovers.py``.
 """
 import asyncio
+import os
 import time
+from multiprocessing import util
 
 from .. import _protocol as P
 from .._backend import wire
@@ -60,6 +62,7 @@ def link_for(peer, loop):
     by_peer = _links.get(loop)
     if by_peer is None:
         _forget_closed_loops()
+        _watch_exit()
         by_peer = _links[loop] = {}
     link = by_peer.get(peer)
     if link is None or link.closed:
@@ -74,6 +77,23 @@ def _forget_closed_loops():
     for loop in [loop for loop in _links if loop.is_closed()]:
         for link in _links.pop(loop).values():
             link.abandon()
+
+
+_exit_watched = None  # the pid that registered _at_exit (a child's registry starts empty)
+
+
+def _watch_exit():
+    global _exit_watched
+    if _exit_watched != os.getpid():
+        _exit_watched = os.getpid()
+        # before the process gives back its references (proxies.py, priority 10)
+        util.Finalize(None, _at_exit, exitpriority=11)
+
+
+def _at_exit():
+    """At exit: links of loops that were closed without their shutdown
+    put back the items cancelled gets left (see leftovers.py)."""
+    _forget_closed_loops()
 
 
 def forget_all_links():
@@ -112,10 +132,10 @@ class Link:
 
     # -- sending ---------------------------------------------------------------
 
-    def call(self, route, ident, method, args=(), kwds=None, convert=None, late=None,
+    def call(self, route, ident, method, args=(), kwds=None, view=None, late=None,
              after=None, spin=True, limit=None):
-        """A PlainCall of method on ident, not started."""
-        return PlainCall(self.loop, self, route, (ident, method, args, kwds or None), convert,
+        """A PlainCall of method on ident, not started (view: see PlainCall)."""
+        return PlainCall(self.loop, self, route, (ident, method, args, kwds or None), view,
                          late, after, spin, limit)
 
     def dispatch(self, call):

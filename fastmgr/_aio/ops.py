@@ -101,7 +101,7 @@ async def first_call(view, outer, method, args, kwds, op):
     else:
         await blocking_call(view, outer, method, args, kwds)
         return
-    await relay(outer, link.call(route, view._ident, method, args, kwds, convert=view._convert))
+    await relay(outer, link.call(route, view._ident, method, args, kwds, view=view))
 
 
 async def blocking_call(view, outer, method, args, kwds):
@@ -109,7 +109,7 @@ async def blocking_call(view, outer, method, args, kwds):
     link = view._link_now()
     async with lane_for(link, outer.owner) as lane:
         await relay(outer, link.call(lane, view._ident, method, args, kwds,
-                                     convert=view._convert, spin=False))
+                                     view=view, spin=False))
 
 
 async def release(view, outer):

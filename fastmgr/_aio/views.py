@@ -72,6 +72,10 @@ class AsyncProxy:
     def __repr__(self):
         return "<async view of %r>" % (self._proxy,)
 
+    def __reduce__(self):
+        # a view travels to another process as its proxy does
+        return (view_of, (self._proxy,))
+
     # -- making calls ------------------------------------------------------------
 
     def _link_now(self):
@@ -100,16 +104,16 @@ class AsyncProxy:
             limit = self._proxy.__dict__.get("_call_timeout", self._peer.timeout)
         bound = self._bound
         if bound is False:
-            return PlainCall(loop, link, FREE, (self._ident, method, args, kwds),
-                             self._convert, None, None, True, limit)
+            return PlainCall(loop, link, FREE, (self._ident, method, args, kwds), self, None,
+                             None, True, limit)
         if bound is None:
             return OpCall(loop, lambda outer: ops.first_call(self, outer, method, args, kwds, op),
                           limit)
         if op is not None:
             return OpCall(loop, lambda outer: op(self, outer, *args, **(kwds or {})), limit)
         if method in ops.QUICK_METHODS:
-            return PlainCall(loop, link, QUICK, (self._ident, method, args, kwds),
-                             self._convert, None, None, True, limit)
+            return PlainCall(loop, link, QUICK, (self._ident, method, args, kwds), self, None,
+                             None, True, limit)
         return OpCall(loop, lambda outer: ops.blocking_call(self, outer, method, args, kwds),
                       limit)
 
@@ -406,6 +410,17 @@ def twin_name(method):
 
 def _forwarder(method):
     def call(self, /, *args, **kwds):
+        # the common case of _call inlined: a known loop, an object that is
+        # not thread-bound
+        try:
+            loop = _get_running_loop()
+        except RuntimeError:
+            return self._later(method, args, kwds, None)
+        link = self._link
+        if self._loop is loop and self._bound is False and not link.closed:
+            return PlainCall(loop, link, FREE, (self._ident, method, args, kwds), self, None,
+                             None, True, self._proxy.__dict__.get("_call_timeout",
+                                                                  self._peer.timeout))
         return self._call(method, args, kwds)
     call.__name__ = twin_name(method)
     call.__doc__ = "await the shared object's %s(...)" % method
