@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import fastmgr
-from _aio_helpers import (AioManager, CustomError, in_thread, loop_runner, manager,  # noqa: F401
+from helpers.aio import (AioManager, CustomError, in_thread, loop_runner, manager,  # noqa: F401
                           run, start_manager)
 from fastmgr import ProcessError, RemoteError, aio
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from _aio_helpers import manager, run, start_manager  # noqa: F401
+from helpers.aio import manager, run, start_manager  # noqa: F401
 from fastmgr import ManagerGone, aio
 
 pytestmark = pytest.mark.timeout(180)
@@ -149,10 +149,16 @@ def test_locks_under_cancellation_stay_exclusive(manager, run):
         async def worker(seed):
             nonlocal entered
             rnd = random.Random(seed)
-            for _ in range(15):
+            for _ in range(20):
                 try:
-                    await asyncio.wait_for(al.acquire(), rnd.uniform(0.001, 0.05))
-                except asyncio.TimeoutError:
+                    if rnd.random() < 0.5:
+                        await asyncio.wait_for(al.acquire(), rnd.uniform(0.001, 0.05))
+                    else:
+                        task = asyncio.ensure_future(al.acquire())
+                        await asyncio.sleep(rnd.uniform(0, 0.02))
+                        task.cancel()
+                        await task
+                except (asyncio.TimeoutError, asyncio.CancelledError):
                     continue
                 try:
                     inside = await ah.get()
@@ -164,7 +170,7 @@ def test_locks_under_cancellation_stay_exclusive(manager, run):
                 finally:
                     await al.release()
 
-        await asyncio.gather(*[worker(seed) for seed in range(10)])
+        await asyncio.gather(*[worker(seed) for seed in range(12)])
         return entered
 
     assert run(main) > 0

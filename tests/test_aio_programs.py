@@ -11,10 +11,9 @@ import socket
 
 import pytest
 
-import _aio_programs
-import _programs
-from _programs import AUTHKEY, CustomError, MyManager, QueueManager
-from conftest import child_result, receive
+from helpers import aio_programs, programs
+from helpers.common import child_result, finish, receive
+from helpers.programs import AUTHKEY, CustomError, MyManager, QueueManager
 from fastmgr import AsyncProxy, AuthenticationError, AutoProxy, RemoteError, Token, aio
 
 METHODS = ["fork", "spawn"]
@@ -33,11 +32,6 @@ def _stop(proc, timeout=5):
     if proc.is_alive():
         proc.kill()
         proc.join(timeout)
-
-
-def _finished(proc, timeout=30):
-    proc.join(timeout)
-    assert not proc.is_alive() and proc.exitcode == 0, (proc, proc.exitcode)
 
 
 def _address(transport, tmp_path, attempt):
@@ -59,7 +53,7 @@ def _start_server(ctx, target, transport, tmp_path, procs, extra=()):
         writer.close()
         message = receive(reader, proc)
         if message[0] == "oserror" and message[1] == errno.EADDRINUSE:
-            _finished(proc)
+            finish(proc)
             continue
         assert message[:2] == ("ok", address), message
         return address, reader
@@ -133,15 +127,15 @@ def test_remote_manager(method, transport, tmp_path):
     ctx = multiprocessing.get_context(method)
     procs = []
     try:
-        address, _ = _start_server(ctx, _programs.queue_server, transport, tmp_path, procs)
-        get_r, getter = _child(ctx, _aio_programs.queue_getter,
+        address, _ = _start_server(ctx, programs.queue_server, transport, tmp_path, procs)
+        get_r, getter = _child(ctx, aio_programs.queue_getter,
                                (address, AUTHKEY, len(ITEMS)), procs)
-        put_r, putter = _child(ctx, _aio_programs.queue_putter, (address, AUTHKEY, ITEMS), procs)
+        put_r, putter = _child(ctx, aio_programs.queue_putter, (address, AUTHKEY, ITEMS), procs)
         assert child_result(put_r, putter) == len(ITEMS)
         got = child_result(get_r, getter)
         assert got == ITEMS and [type(x) for x in got] == [type(x) for x in ITEMS]
-        _finished(putter)
-        _finished(getter)
+        finish(putter)
+        finish(getter)
 
         QueueManager.register("get_queue")
         good = QueueManager(address=address, authkey=AUTHKEY)
@@ -171,16 +165,16 @@ def test_local_processes_and_remote_manager(method, tmp_path):
     ctx = multiprocessing.get_context(method)
     procs = []
     try:
-        address, status = _start_server(ctx, _programs.producer_server, "unix", tmp_path, procs,
+        address, status = _start_server(ctx, programs.producer_server, "unix", tmp_path, procs,
                                         extra=(method, count))
         tag, producer_pid = receive(status, procs[0])
         assert tag == "pid"
-        get_r, client = _child(ctx, _aio_programs.queue_getter, (address, AUTHKEY, count + 1),
+        get_r, client = _child(ctx, aio_programs.queue_getter, (address, AUTHKEY, count + 1),
                                procs)
         got = child_result(get_r, client)
         assert got[0] == ("from", method, procs[0].pid)
         assert got[1:] == [("item", i, "x" * (i % 7)) for i in range(count)]
-        _finished(client)
+        finish(client)
     finally:
         for proc in procs:
             _stop(proc)
@@ -194,9 +188,9 @@ def test_proxy_passed_to_child(method):
         counter = m.Counter(100)
         procs = []
         try:
-            out, child = _child(ctx, _aio_programs.bump, (counter, times), procs)
+            out, child = _child(ctx, aio_programs.bump, (counter, times), procs)
             value, child_repr = child_result(out, child)
-            _finished(child)
+            finish(child)
         finally:
             for proc in procs:
                 _stop(proc)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from _aio_helpers import AioManager, run  # noqa: F401
+from helpers.aio import AioManager, run  # noqa: F401
 from fastmgr import AuthenticationError, AutoProxy, Token, aio
 
 pytestmark = pytest.mark.timeout(120)

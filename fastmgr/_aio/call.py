@@ -23,14 +23,16 @@ import collections.abc
 from .. import _protocol as P
 from ..proxies import BaseProxy, reply_error
 
-__all__ = ["Call", "PlainCall", "OpCall", "exception_for"]
+__all__ = ["Call", "PlainCall", "GuardedCall", "OpCall", "exception_for"]
 
 RESP_RETURN = P.RESP_RETURN
 RESP_PROXY = P.RESP_PROXY
-_future_await = asyncio.Future.__await__
 _future_init = asyncio.Future.__init__
 _blocking = asyncio.Future.__dict__["_asyncio_future_blocking"]
 _add_done_callback = asyncio.Future.add_done_callback
+_future_result = asyncio.Future.result
+_future_exception = asyncio.Future.exception
+_future_del = asyncio.Future.__del__
 
 
 def exception_for(kind, value):
@@ -48,16 +50,22 @@ class Call(asyncio.Future):
     """A future that starts its work the first time it is awaited, driven
     as a coroutine, or given a done-callback (see the module docstring)."""
 
-    # _it: the future's own iterator, once driven as a coroutine
+    # _begun: whether the work has started
+    # _it: what drives the call when a task runs it as a coroutine
     # _limit: seconds the call may take once started (None: no limit)
     # _timer: the handle that ends the call when its time is up, or None
-    __slots__ = ("_it", "_limit", "_timer")
+    # _unclaimed: unclaimed(value) for a result that nobody took (see _wait)
+    # _awaited: whether a task awaits it (through _wait)
+    __slots__ = ("_begun", "_it", "_limit", "_timer", "_unclaimed", "_awaited")
 
     def __init__(self, loop, limit=None):
         _future_init(self, loop=loop)
+        self._begun = False
         self._it = None
         self._limit = limit
         self._timer = None
+        self._unclaimed = None
+        self._awaited = False
 
     def _begin(self):
         """Start the work (called once)."""
@@ -65,9 +73,9 @@ class Call(asyncio.Future):
     def _started(self):
         """Begin, once; an exception raised while starting (an argument
         that does not encode, say) becomes the call's outcome."""
-        if self._it is not None:
+        if self._begun:
             return
-        self._it = _STARTED
+        self._begun = True
         try:
             self._begin()
         except BaseException as exc:  # delivered to whoever awaits
@@ -83,9 +91,40 @@ class Call(asyncio.Future):
 
     def __await__(self):
         self._started()
-        return _future_await(self)
+        return self._wait()
 
     __iter__ = __await__
+
+    def _wait(self):
+        """Future.__await__, except for one case.  A task cancelled in the
+        very turn its call got a result (the result came; the task's wake-up
+        was due, and the cancellation came first) is thrown CancelledError
+        here, and would drop the result; the call's unclaimed handler takes
+        it instead (an item a get took goes back to the queue's leftovers)."""
+        if not self.done():
+            self._asyncio_future_blocking = True
+            self._awaited = True
+            try:
+                yield self
+            except BaseException:
+                unclaimed = self._unclaimed
+                if unclaimed is not None and self.done() and not self.cancelled() and (
+                        _future_exception(self) is None):
+                    self._unclaimed = None
+                    unclaimed(_future_result(self))
+                raise
+            if not self.done():
+                raise RuntimeError("await wasn't used with future")
+        self._unclaimed = None  # claimed
+        return _future_result(self)
+
+    def result(self):
+        # a task that awaits the call looks at result() when it wakes, then
+        # may be thrown CancelledError instead of taking it: only _wait
+        # knows whether its result was taken
+        if not self._awaited:
+            self._unclaimed = None  # claimed
+        return _future_result(self)
 
     def add_done_callback(self, fn, *, context=None):
         self._started()
@@ -107,9 +146,8 @@ class Call(asyncio.Future):
 
     def _iterator(self):
         it = self._it
-        if it is None or it is _STARTED:
-            self._started()
-            it = self._it = _future_await(self)
+        if it is None:
+            it = self._it = self.__await__()
         return it
 
     def send(self, value):
@@ -121,9 +159,8 @@ class Call(asyncio.Future):
         return self._iterator().throw(typ, val, tb)
 
     def close(self):
-        it = self._it
-        if it is not None and it is not _STARTED:
-            it.close()
+        if self._it is not None:
+            self._it.close()
 
     # -- ending early ----------------------------------------------------------
 
@@ -150,9 +187,6 @@ class Call(asyncio.Future):
             timer.cancel()
 
 
-_STARTED = object()  # _it once begun, before anything drives the iterator
-
-
 collections.abc.Coroutine.register(Call)
 
 
@@ -177,9 +211,12 @@ class PlainCall(Call):
                  spin=True, limit=None):
         # Call.__init__ inlined: this runs for every call
         _future_init(self, loop=loop)
+        self._begun = False
         self._it = None
         self._limit = limit
         self._timer = None
+        self._unclaimed = late
+        self._awaited = False
         self.link = link
         self.route = route
         self.request = request
@@ -191,9 +228,9 @@ class PlainCall(Call):
 
     def _started(self):
         # Call._started with _begin inlined: this runs for every call
-        if self._it is not None:
+        if self._begun:
             return
-        self._it = _STARTED
+        self._begun = True
         try:
             self.link.dispatch(self)
         except BaseException as exc:  # delivered to whoever awaits
@@ -247,7 +284,35 @@ class PlainCall(Call):
             self.set_exception(exc)
 
 
-class OpCall(Call):
+class Guarded:
+    """A call whose result must not be dropped unseen (an item a get took,
+    a lock an acquire took): if nobody takes it, its unclaimed handler does,
+    even when the call itself is dropped."""
+
+    __slots__ = ()
+
+    def __del__(self):
+        # a result nobody ever took (a call dropped unawaited once done)
+        unclaimed = self._unclaimed
+        if unclaimed is not None and self.done() and not self.cancelled() and (
+                _future_exception(self) is None):
+            self._unclaimed = None
+            try:
+                unclaimed(_future_result(self))
+            except Exception:
+                pass
+        _future_del(self)
+
+
+
+class GuardedCall(Guarded, PlainCall):
+    """A PlainCall with a late handler, which also takes a result nobody
+    took."""
+
+    __slots__ = ()
+
+
+class OpCall(Guarded, Call):
     """Several requests, run by ``op(call)``, a coroutine that resolves
     the call itself and runs in a task of its own."""
 
@@ -276,6 +341,8 @@ class OpCall(Call):
         except asyncio.CancelledError:
             if not self.done():
                 self.cancel()
+            raise
+        except GeneratorExit:  # the loop is gone, and its tasks with it
             raise
         except BaseException as exc:
             if not self.done():

@@ -30,7 +30,7 @@ from multiprocessing import util
 from .. import _protocol as P
 from .._backend import wire
 from ..errors import ManagerGone, RemoteError
-from .call import OnewayRequest, PlainCall
+from .call import GuardedCall, OnewayRequest, PlainCall
 from .connect import open_lane
 from .lane import copy_failure
 from .leftovers import Leftovers
@@ -135,8 +135,9 @@ class Link:
     def call(self, route, ident, method, args=(), kwds=None, view=None, late=None,
              after=None, spin=True, limit=None):
         """A PlainCall of method on ident, not started (view: see PlainCall)."""
-        return PlainCall(self.loop, self, route, (ident, method, args, kwds or None), view,
-                         late, after, spin, limit)
+        kind = PlainCall if late is None else GuardedCall
+        return kind(self.loop, self, route, (ident, method, args, kwds or None), view, late,
+                    after, spin, limit)
 
     def dispatch(self, call):
         """Send a PlainCall on the lane its route names (PlainCall._begin)."""
@@ -263,7 +264,7 @@ class Link:
     def checkin(self, lane):
         """A caller is done with lane: back to the pool once its replies,
         late ones included, are in."""
-        if lane.closed or lane.held:
+        if lane.closed or lane.held or lane in self.idle:
             return
         if lane.slots:
             lane.on_idle = self.checkin
@@ -282,9 +283,9 @@ class Link:
         """owner (a task) took a lock through lane."""
         lane.held += 1
         if self.pins.get(owner) is not lane:
-            self.pins[owner] = lane
-            if owner is not None:
+            if owner is not None and owner not in self.pins:
                 owner.add_done_callback(self._owner_done)
+            self.pins[owner] = lane
 
     def unpin(self, owner, lane):
         """owner released a lock it took through lane."""
@@ -302,7 +303,10 @@ class Link:
         lane = self.pins.pop(task, None)
         if lane is not None:
             lane.held = 0
-            self.drop(lane)
+            if lane.slots:  # its late replies still have work to do
+                lane.on_idle = self.drop
+            else:
+                self.drop(lane)
 
     def drop(self, lane):
         self.lanes.discard(lane)

@@ -30,24 +30,12 @@ QUICK_METHODS = frozenset([
 ])
 
 
-async def outcome(plain):
-    """await plain.  Should the op be cancelled in the very turn plain got
-    its result, that result goes to plain's late handler, not nowhere.
-    (The handler is taken first: a call lets go of it once resolved.)"""
-    late = plain.late
-    try:
-        return await plain
-    except asyncio.CancelledError:
-        if late is not None and plain.done() and not plain.cancelled() and (
-                plain.exception() is None):
-            late(plain.result())
-        raise
-
-
 async def relay(outer, plain):
-    """outer's outcome is plain's (or, if outer has ended, its late handler's)."""
+    """outer's outcome is plain's; if outer has ended, plain's late handler
+    takes the result.  (Should this op be cancelled in the very turn plain
+    got its result, that handler takes it too: Call._wait.)"""
     late = plain.late
-    value = await outcome(plain)
+    value = await plain
     if not outer.give(value) and late is not None:
         late(value)
 
@@ -123,12 +111,12 @@ async def queue_get(view, outer, block=True, timeout=None):
     own; an item that comes for nobody goes to leftovers."""
     link, ident = view._link_now(), view._ident
     leftovers = link.leftovers
+    late = outer._unclaimed = leftovers.keeper(view._proxy)
     found, item = leftovers.take(ident)
     if found:
         if not outer.give(item):
             leftovers.keep(view._proxy, item)
         return
-    late = leftovers.keeper(view._proxy)
     try:
         await relay(outer, link.call(quick_route(link, outer.owner), ident, "get_nowait",
                                      late=late))
@@ -211,22 +199,25 @@ async def acquire(view, outer, blocking=True, timeout=None):
         loop = link.loop
         if not blocking:
             args = (False,) if _forever(timeout) else (False, timeout)
-            got = await outcome(link.call(lane, ident, "acquire", args, late=undo))
+            got = await link.call(lane, ident, "acquire", args, late=undo)
         elif not _forever(timeout) and timeout <= SLICE:
-            got = await outcome(link.call(lane, ident, "acquire", (True, timeout), late=undo))
+            got = await link.call(lane, ident, "acquire", (True, timeout), late=undo)
         else:
             deadline = None if _forever(timeout) else loop.time() + timeout
             while True:
-                got = await outcome(link.call(lane, ident, "acquire",
-                                              (True, _slice(loop, deadline)), late=undo,
-                                              spin=False))
+                got = await link.call(lane, ident, "acquire", (True, _slice(loop, deadline)),
+                                      late=undo, spin=False)
                 if got or (deadline is not None and loop.time() >= deadline):
                     break
         if got:
-            if outer.give(got):
-                link.pin(owner, lane)
-            else:
-                undo(got)
+            def unclaimed(got):  # the lock came, its caller did not take it
+                undo(got)  # first: the lane goes back to the pool only once idle
+                link.unpin(owner, lane)
+            outer._unclaimed = unclaimed
+            link.pin(owner, lane)
+            if not outer.give(got):
+                outer._unclaimed = None
+                unclaimed(got)
         else:
             outer.give(got)
     finally:
@@ -246,7 +237,7 @@ async def wait_sliced(view, outer, timeout=None):
             waited = timeout if timeout is not None and timeout <= SLICE else _slice(
                 loop, deadline)
             plain = link.call(lane, ident, "wait", (waited,), spin=False)
-            value = await outcome(plain)
+            value = await plain
             if value or (deadline is not None and loop.time() >= deadline):
                 outer.give(value)
                 return

@@ -1,4 +1,4 @@
-"""Helpers of the tests of async views (test_aio_*.py).
+"""What the tests of async views (test_aio_*.py) share.
 
 What a manager process needs lives here, so that it pickles by reference
 under the spawn start method.  ``run`` (a fixture over the default event

@@ -1,10 +1,11 @@
 """What the child processes of test_aio_programs.py run: the programs of
 test_programs.py, their main an ``async def`` using ``fastmgr.aio``.
-Module-level, so that they pickle by reference under spawn."""
+Module-level, so that they pickle by reference under spawn (children
+import this module as ``helpers.aio_programs``)."""
 import asyncio
 import traceback
 
-from _programs import _connect
+from helpers.programs import _connect
 
 from fastmgr import aio
 
