@@ -119,6 +119,36 @@ def test_many_cancelled_gets_lose_and_duplicate_nothing(manager, run):
     assert q.empty()
 
 
+def test_one_consumer_with_cancelled_gets_keeps_the_order(manager, run):
+    """Items a cancelled get took come out of the next gets in the order
+    they left the queue."""
+    q = manager.Queue()
+    count = 200
+
+    async def main():
+        aq = aio(q)
+        got = []
+
+        async def produce():
+            for i in range(count):
+                await aq.put(i)
+                if i % 10 == 0:
+                    await asyncio.sleep(0.003)
+
+        async def consume():
+            rnd = random.Random(7)
+            while len(got) < count:
+                try:
+                    got.append(await asyncio.wait_for(aq.get(), rnd.uniform(0.0005, 0.01)))
+                except asyncio.TimeoutError:
+                    pass
+
+        await asyncio.gather(produce(), consume())
+        return got
+
+    assert run(main) == list(range(count))
+
+
 def test_a_cancelled_acquire_gives_the_lock_back(manager, run):
     lock = manager.Lock()
 

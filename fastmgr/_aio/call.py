@@ -304,12 +304,44 @@ class Guarded:
         _future_del(self)
 
 
-
 class GuardedCall(Guarded, PlainCall):
     """A PlainCall with a late handler, which also takes a result nobody
-    took."""
+    took, and says when its reply came (``replied``, ``on_reply``)."""
 
-    __slots__ = ()
+    # replied: whether the reply (or the failure) came
+    # on_reply: on_reply() once it came, after the late handler (or None)
+    __slots__ = ("replied", "on_reply")
+
+    def __init__(self, *args):
+        PlainCall.__init__(self, *args)
+        self.replied = False
+        self.on_reply = None
+
+    def resolve(self, kind, value):
+        self.replied = True
+        try:
+            PlainCall.resolve(self, kind, value)
+        finally:
+            self._replied()
+
+    def fail(self, exc):
+        self.replied = True
+        try:
+            PlainCall.fail(self, exc)
+        finally:
+            self._replied()
+
+    def _replied(self):
+        on_reply, self.on_reply = self.on_reply, None
+        if on_reply is not None:
+            on_reply()
+
+    @property
+    def sent(self):
+        """Whether a lane sent it (its reply will come): a link encodes
+        the request when the call begins, a lane frames the body when it
+        sends it."""
+        return self.request is None and self.body is None
 
 
 class OpCall(Guarded, Call):

@@ -8,7 +8,10 @@ handler deals with what the reply carries:
 - an item taken by a ``Queue.get`` goes to the next ``get`` from this
   loop on the same queue (through any view of it), before that get asks
   the server; a get that is already waiting takes it at once (its own
-  request, still on the server, then ends the same way).  Put back at the
+  request, still on the server, then ends the same way); while such a
+  request is still out, a new get asks nothing and waits for its reply,
+  ready to take what it brings: the request waits on the server first and
+  takes the next item first, so items keep their order.  Put back at the
   front of the queue it cannot be: ``queue.Queue`` has no way to do that,
   and putting it at the back would reorder it;
 - a lock, semaphore or condition that an ``acquire`` took is released at
@@ -58,6 +61,7 @@ class Leftovers:
         self.items = {}    # ident -> deque of items whose gets had ended
         self.proxies = {}  # ident -> the queue's proxy (to put items back)
         self.getters = {}  # ident -> deque of the OpCalls of gets waiting on the server
+        self.orphans = {}  # ident -> {get request that ended early: future of its reply}
 
     # -- gets --------------------------------------------------------------------
 
@@ -83,6 +87,36 @@ class Leftovers:
                 return
         self.items.setdefault(ident, collections.deque()).append(item)
         self.proxies[ident] = proxy
+
+    def offer(self, ident, call):
+        """Give call (a get's OpCall) an item a cancelled get left, if any."""
+        if call.done() or not self.items.get(ident):
+            return False
+        call.give(self.take(ident)[1])
+        return True
+
+    def orphaned(self, ident, plain):
+        """A get request (a GuardedCall) whose caller gave up is still on the
+        server: until its reply comes, new gets of the same queue wait for
+        it instead of asking (in_flight)."""
+        if plain.replied or not plain.sent:
+            return
+        settled = self.link.loop.create_future()
+        orphans = self.orphans.setdefault(ident, {})
+        orphans[plain] = settled
+
+        def replied():
+            orphans.pop(plain, None)
+            if not orphans and self.orphans.get(ident) is orphans:
+                del self.orphans[ident]
+            if not settled.done():
+                settled.set_result(None)
+        plain.on_reply = replied
+
+    def in_flight(self, ident):
+        """The replies still to come of cancelled gets on ident (futures)."""
+        orphans = self.orphans.get(ident)
+        return list(orphans.values()) if orphans else None
 
     def keeper(self, proxy):
         """The late handler of a get on proxy's queue."""

@@ -108,44 +108,71 @@ async def release(view, outer):
 async def queue_get(view, outer, block=True, timeout=None):
     """Queue.get: an item a cancelled get left first, then get_nowait on
     the shared lane, then (if it may wait) get in slices on a lane of its
-    own; an item that comes for nobody goes to leftovers."""
+    own.  An item that comes for nobody goes to leftovers.  Items keep
+    their order: while gets that were cancelled are still on the server
+    (they wait there first, so they take the next items), a get asks
+    nothing and waits for their replies instead, ready to take what they
+    bring."""
     link, ident = view._link_now(), view._ident
     leftovers = link.leftovers
-    late = outer._unclaimed = leftovers.keeper(view._proxy)
-    found, item = leftovers.take(ident)
-    if found:
-        if not outer.give(item):
-            leftovers.keep(view._proxy, item)
+    keep = outer._unclaimed = leftovers.keeper(view._proxy)
+    if leftovers.offer(ident, outer) or await _after_cancelled_gets(leftovers, ident, outer):
         return
     try:
-        await relay(outer, link.call(quick_route(link, outer.owner), ident, "get_nowait",
-                                     late=late))
-        return
+        item = await _get(link, ident, quick_route(link, outer.owner), "get_nowait", (), keep)
     except queue.Empty:
         if not block:
             raise
+    else:
+        if not outer.give(item):
+            keep(item)
+        return
     loop = link.loop
     deadline = _deadline(loop, timeout)
     leftovers.waiting(ident, outer)
     try:
         async with lane_for(link, outer.owner) as lane:
-            while True:
-                found, item = leftovers.take(ident)
-                if found:
-                    if not outer.give(item):
-                        leftovers.keep(view._proxy, item)
-                    return
+            while not leftovers.offer(ident, outer):
                 args = (True, timeout) if timeout is not None and timeout <= SLICE else (
                     True, _slice(loop, deadline))
                 try:
-                    await relay(outer, link.call(lane, ident, "get", args, late=late, spin=False))
-                    return
+                    item = await _get(link, ident, lane, "get", args, keep, spin=False)
                 except queue.Empty:
                     if deadline is None or loop.time() < deadline:
                         continue
                     raise
+                if not outer.give(item):
+                    keep(item)
+                return
     finally:
         leftovers.done_waiting(ident, outer)
+
+
+async def _after_cancelled_gets(leftovers, ident, outer):
+    """Wait, as a waiting get, for the replies of cancelled gets still on
+    the server; True if one of them left outer its item."""
+    while True:
+        earlier = leftovers.in_flight(ident)
+        if not earlier:
+            return False
+        leftovers.waiting(ident, outer)
+        try:
+            await asyncio.wait(earlier)  # a hand-off to outer cancels this wait
+        finally:
+            leftovers.done_waiting(ident, outer)
+        if leftovers.offer(ident, outer):
+            return True
+
+
+async def _get(link, ident, route, method, args, keep, spin=True):
+    """One get request's item.  Cancelled before its reply, it leaves the
+    request to leftovers (in_flight) until the reply comes."""
+    plain = link.call(route, ident, method, args, late=keep, spin=spin)
+    try:
+        return await plain
+    except asyncio.CancelledError:
+        link.leftovers.orphaned(ident, plain)
+        raise
 
 
 async def queue_put(view, outer, item, block=True, timeout=None):
