@@ -62,6 +62,7 @@ class _Session:
 
 
 _peers = {}            # (address, serializer, authkey) -> Peer
+_peers_lock = threading.Lock()
 
 
 class _Collected(threading.local):
@@ -78,7 +79,6 @@ def collect_increfs(into):
     of asking the server and waiting: an event loop that decodes a reply
     must not wait, and sends those increfs itself."""
     _collected.increfs = into
-_peers_lock = threading.Lock()
 
 
 class Peer:
