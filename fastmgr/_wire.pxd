@@ -180,7 +180,8 @@ cdef class FrameReader:
 
 # The behaviour of a Connection is spread by concern over module-level
 # functions that take it first: connection.pxi (its Python surface, the
-# read buffer, sending), socket_path.pxi, rings.pxi, detours.pxi, tls.pxi.
+# read buffer, sending), socket_path.pxi, rings.pxi, detours.pxi, tls.pxi,
+# loop_path.pxi (driven by an event loop).
 @cython.final
 cdef class Connection:
     cdef object sock                # the socket.socket we own
@@ -206,6 +207,7 @@ cdef class Connection:
     cdef uint64_t rx_detour_left    # bytes of an open detour (its marker read) still on the socket
     cdef bint tx_detouring          # sending a detour: wake-up bytes wait until it is through
     cdef bint bell_owed             # a wake-up byte held back by tx_detouring
+    cdef Py_ssize_t loop_sent       # bytes of wbuf an event loop's loop_send() has sent
 
 
 cdef class Pipeline

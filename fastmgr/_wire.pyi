@@ -75,6 +75,24 @@ class Connection:
     def call(self, ident: int, method: str, args: tuple = (),
              kwds: Optional[dict] = None) -> Tuple[int, Any]:
         """send_request(REQ_CALL, ...) then recv_response()."""
+    # Driven by an event loop (fastmgr.aio): none of these blocks; the loop
+    # waits for the socket to turn readable (bytes, the rings' wake-up
+    # bytes, EOF) or writable.  Not for TLS connections (ValueError).
+    def loop_queue(self, kind: int, ident: int, method: str, args: tuple = (),
+                   kwds: Optional[dict] = None) -> None:
+        """Queue a request frame; loop_send() sends it."""
+    def loop_send(self) -> int:
+        """Send what the socket (or the tx ring) takes now of the queued
+        frames; return how many bytes wait still.  With rings, the rest
+        goes once the peer rings: the socket turns readable."""
+    def loop_receive(self, decode: bool = True) -> list:
+        """Every whole frame that came: (kind, value) per response, or
+        (0, exception) for one that does not decode; without decode the
+        bodies as bytes.  EOFError once the peer has closed and no frame
+        is left."""
+    def loop_spin(self) -> bool:
+        """Spin for up to the spin budget in force until bytes come (the
+        compiled wire; the pure-Python one returns False at once)."""
     # Compiled wire only (connection.can_ring() looks for attach_ring):
     has_ring: bool
     @staticmethod

@@ -19,6 +19,7 @@ two to the same bytes; the handshake is _handshake.py, for both.
     rings.pxi          bytes through shared-memory rings (fm_ring.h)
     detours.pxi        messages too large for a ring, through the socket
     tls.pxi            bytes through an SSL socket
+    loop_path.pxi      driven by an event loop, never blocking (fastmgr.aio)
     pipeline.pxi     Pipeline, Pending: calls sent without waiting
     serve.pxi        Entry, serve_connection: the server's loop for one connection
     hub.pxi          Hub: one loop thread serves many connections
@@ -96,6 +97,7 @@ include "_wirelib/socket_path.pxi"
 include "_wirelib/rings.pxi"
 include "_wirelib/detours.pxi"
 include "_wirelib/tls.pxi"
+include "_wirelib/loop_path.pxi"
 include "_wirelib/pipeline.pxi"
 include "_wirelib/serve.pxi"
 include "_wirelib/hub.pxi"

@@ -399,6 +399,8 @@ class Connection:
         self.max_message = max_message
         self.timeout = timeout
         self.spin_us = get_spin()
+        self._loop_out = bytearray()   # frames loop_send() has not sent yet
+        self._loop_in = bytearray()    # bytes loop_receive() read ahead
 
     def __repr__(self):
         state = "closed" if self._sock is None else "fd=%d" % self._sock.fileno()
@@ -543,6 +545,85 @@ class Connection:
         """send_request(REQ_CALL, ...) then recv_response()."""
         self.send_request(REQ_CALL, ident, method, args, kwds)
         return self.recv_response()
+
+    # -- driven by an event loop: none of these blocks ------------------------
+    # (a connection is read either this way or by recv_bytes(), not both:
+    # loop_receive() reads ahead)
+
+    def _check_loop(self):
+        self._check_closed()
+        if isinstance(self._sock, ssl.SSLSocket):
+            raise ValueError("a TLS connection cannot be driven by an event loop")
+
+    def loop_queue(self, kind, ident, method, args=(), kwds=None):
+        """Queue a request frame; loop_send() sends it."""
+        self._check_loop()
+        self._loop_out += frame(self.codec.encode_request(kind, ident, method, args, kwds))
+
+    def loop_send(self):
+        """Send what the socket takes now of the queued frames; return how
+        many bytes wait still (0: all sent)."""
+        self._check_loop()
+        out = self._loop_out
+        while out:
+            try:
+                sent = self._sock.send(out, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            del out[:sent]
+        return len(out)
+
+    def loop_receive(self, decode=True):
+        """Take in what came, and return every whole frame: decoded as
+        responses ((kind, value), or (0, exception) for one whose value
+        does not decode), or without decode the bodies as bytes.  Raises
+        EOFError once the peer has closed and no frame is left."""
+        self._check_loop()
+        data, out, eof = self._loop_in, [], False
+        while True:
+            try:
+                chunk = self._sock.recv(1 << 18, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            if not chunk:
+                eof = True
+                break
+            data += chunk
+        while True:
+            try:
+                parsed = _parse_header(data[:12])
+                if parsed is not None:
+                    _check_size(parsed[0], self.max_message)
+            except ProtocolError:
+                self.close()  # a refused header cannot be skipped: the stream is lost
+                raise
+            if parsed is None or len(data) < parsed[1] + parsed[0]:
+                break
+            n, start = parsed
+            body = bytes(data[start:start + n])
+            del data[:start + n]
+            if not decode:
+                out.append(body)
+                continue
+            try:
+                out.append(self.codec.decode_response(body))
+            except ProtocolError:
+                self.close()
+                raise
+            except Exception as exc:  # a value that does not unpickle: that reply's outcome
+                out.append((0, exc))
+        if eof and not out:
+            raise EOFError("the peer closed the connection")
+        return out
+
+    def loop_spin(self):
+        """Whether bytes came within the spin budget: this wire never spins."""
+        self._check_loop()
+        return False
 
 
 # ---------------------------------------------------------------------------

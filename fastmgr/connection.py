@@ -49,18 +49,41 @@ def offer_ring(conn, sock):
     """Client side, right after the handshake (whose hello ended with
     RING_HELLO): send a shared-memory file beside a RING_OFFER frame and
     attach it if the server accepts."""
+    fd = ring_file(conn)
+    try:
+        send_ring_offer(sock, fd)
+        ring_answered(conn, conn.recv_bytes(len(P.RING_ACCEPT) + len(P.RING_DECLINE)), fd)
+    finally:
+        os.close(fd)
+
+
+def ring_file(conn):
+    """The file a client offers: a zeroed memfd of conn.ring_size() bytes,
+    sealed so that its size cannot change."""
     fd = os.memfd_create("fastmgr-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, conn.ring_size())
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _RING_SEALS)
-        socket.send_fds(sock, [_RING_OFFER_FRAME], [fd])
-        answer = conn.recv_bytes(len(P.RING_ACCEPT) + len(P.RING_DECLINE))
-        if answer == P.RING_ACCEPT:
-            conn.attach_ring(fd, False)
-        elif answer != P.RING_DECLINE:
-            raise ProtocolError("unexpected answer to a ring offer")
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def send_ring_offer(sock, fd):
+    """The RING_OFFER frame, with fd beside it."""
+    socket.send_fds(sock, [_RING_OFFER_FRAME], [fd])
+
+
+def ring_answered(conn, answer, fd):
+    """The server's answer to a ring offer: attach fd if it accepted;
+    whether it did."""
+    if answer == P.RING_ACCEPT:
+        conn.attach_ring(fd, False)
+        return True
+    if answer != P.RING_DECLINE:
+        raise ProtocolError("unexpected answer to a ring offer")
+    return False
 
 
 def _sound_ring_file(fd, size):

@@ -196,15 +196,14 @@ class PlainCall(Call):
 
     # link: the Link that sends it
     # route: which lane carries it (link.FREE, link.QUICK, or a Lane)
-    # request: (ident, method, args, kwds), encoded when the call begins
-    # body: the encoded request, until a lane sends it
+    # request: (ident, method, args, kwds) until a lane sends it (then None)
     # view: the async view it was made by, which turns proxies in its
     #       result into views (None: leave them be)
     # late: late(value) for a result that comes after the call ended
     # after: after(value) for every result, early or late (a lock's bookkeeping)
     # spin: whether the caller may spin for the reply (calls that may wait
     #       on the server do not)
-    __slots__ = ("link", "route", "request", "body", "view", "late", "after", "spin")
+    __slots__ = ("link", "route", "request", "view", "late", "after", "spin")
     oneway = False
 
     def __init__(self, loop, link, route, request, view=None, late=None, after=None,
@@ -220,7 +219,6 @@ class PlainCall(Call):
         self.link = link
         self.route = route
         self.request = request
-        self.body = None
         self.view = view
         self.late = late
         self.after = after
@@ -338,10 +336,8 @@ class GuardedCall(Guarded, PlainCall):
 
     @property
     def sent(self):
-        """Whether a lane sent it (its reply will come): a link encodes
-        the request when the call begins, a lane frames the body when it
-        sends it."""
-        return self.request is None and self.body is None
+        """Whether a lane sent it (its reply will come)."""
+        return self.request is None
 
 
 class OpCall(Guarded, Call):
@@ -403,12 +399,12 @@ class Discard:
     """A slot for a request whose reply nobody awaits (the release that
     undoes an acquire which succeeded after its caller gave up)."""
 
-    __slots__ = ("body",)
+    __slots__ = ("request",)
     spin = False
     oneway = False
 
-    def __init__(self, body):
-        self.body = body
+    def __init__(self, request):
+        self.request = request
 
     def done(self):
         return False
@@ -424,11 +420,11 @@ class OnewayRequest:
     """A REQ_ONEWAY request on its way to a lane: it takes no slot, since
     no reply comes."""
 
-    __slots__ = ("body", "route")
+    __slots__ = ("request", "route")
     oneway = True
 
-    def __init__(self, body, route):
-        self.body = body
+    def __init__(self, request, route):
+        self.request = request
         self.route = route
 
     def done(self):

@@ -3,20 +3,23 @@
 The same steps as ``connection.Client`` (and the same errors: ManagerGone
 for a manager that cannot be reached, TimeoutError past the peer's
 ``connect_timeout``, AuthenticationError for a wrong key), with the socket
-non-blocking from the start.  Lanes never offer shared-memory rings: a
-loop waits on the socket, which a ring would leave silent.
+non-blocking until it is connected.  Over a unix socket the lane offers
+shared-memory rings, as a sync connection does: the loop then waits on the
+socket for the rings' wake-up bytes.
 """
 import asyncio
+import os
 import socket
 import ssl
 
 from .._backend import wire
 from .._handshake import answer_challenge_async
-from .._protocol import DEFAULT_MAX_MESSAGE, MAX_HANDSHAKE_FRAME
-from ..connection import address_family
+from .._protocol import MAX_HANDSHAKE_FRAME, RING_HELLO
+from ..connection import address_family, can_ring, ring_answered, ring_file, send_ring_offer
 from ..errors import ManagerGone
 from ..proxies import _UNREACHABLE, _Session
-from .lane import Lane
+from .lane import WireLane
+from .tls_lane import TlsLane
 
 __all__ = ["open_lane"]
 
@@ -56,19 +59,37 @@ async def _open(link, sock):
     await loop.sock_connect(sock, peer.address)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    tls = None
+    ring = False
     if peer.ssl_context is not None:
         tls = await _tls_handshake(loop, sock, peer.ssl_context, peer.address)
-    lane = Lane(link, sock, wire.FrameReader(MAX_HANDSHAKE_FRAME), tls)
+        lane = TlsLane(link, sock, wire.FrameReader(MAX_HANDSHAKE_FRAME), tls)
+    else:
+        conn = wire.Connection(sock, codec=link.codec, max_message=MAX_HANDSHAKE_FRAME)
+        conn.spin_us = link.spin_us
+        ring = can_ring(conn, sock)
+        lane = WireLane(link, conn)
     try:
         await answer_challenge_async(_Greeting(lane), bytes(peer.authkey),
-                                                _Session.id)
+                                     _Session.id + (RING_HELLO if ring else b""))
+        if ring:
+            await _offer_ring(lane, sock)
     except BaseException:
-        lane.detach()
+        lane.close()
         raise
-    lane.frames = wire.FrameReader(DEFAULT_MAX_MESSAGE)
-    lane.greeting = False
+    lane.greeted()
     return lane
+
+
+async def _offer_ring(lane, sock):
+    """connection.offer_ring(), its answer awaited."""
+    conn = lane.conn
+    fd = ring_file(conn)
+    try:
+        send_ring_offer(sock, fd)
+        if ring_answered(conn, await lane.recv_frame(), fd):
+            lane.attached_ring()
+    finally:
+        os.close(fd)
 
 
 class _Greeting:

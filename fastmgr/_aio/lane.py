@@ -1,274 +1,167 @@
 """A lane: one connection to a manager, driven by an event loop.
 
-The socket is non-blocking and registered with the loop (``add_reader``);
-nothing here ever waits.  Requests are framed as every fastmgr connection
-frames them and encoded by the wire's compiled ``Codec``; replies are cut
-out of the stream by the wire's ``FrameReader``.  The envelope carries no
-request id: a connection answers in request order, so the lane keeps the
-calls it sent in a FIFO (``slots``) and hands each reply to the oldest.
-A call that ended early (cancelled, or out of time) keeps its slot, so its
-late reply is taken by it and never by the call after it.
+The socket is registered with the loop (``add_reader``), and nothing here
+ever waits.  The envelope carries no request id: a connection answers in
+request order, so the lane keeps the calls it sent in a FIFO (``slots``)
+and hands each reply to the oldest.  A call that ended early (cancelled,
+or out of time) keeps its slot, so its late reply is taken by it and
+never by the call after it.
 
 Writes: a request on an idle lane leaves at once; while replies are
-outstanding, requests gather in ``out`` and leave together at the end of
-the loop's turn (one write for many: the server reads them in one go).
+outstanding, requests gather and leave together at the end of the loop's
+turn (one write for many: the server reads them in one go).
 
-Spinning: right after a request leaves an idle lane, the caller may read
-the socket for a few tens of microseconds before it gives the loop back
-(``spin``).  A reply caught that way completes the call with no trip
-through the loop, whose wake-up costs more than the round trip itself.
+Spinning: right after a request leaves an idle lane, the caller may spin
+for its reply (the wire's spin policy, within the lane's budget) before it
+gives the loop back.  A reply caught that way completes the call with no
+trip through the loop, whose wake-up costs more than the round trip.
 
-TLS goes through an ``ssl.SSLObject`` over memory buffers, so the same
-non-blocking socket carries it.
+``WireLane`` drives the wire's own ``Connection`` (``loop_queue``,
+``loop_send``, ``loop_receive``, ``loop_spin``): the compiled wire encodes,
+frames and decodes there, and between processes on one machine carries the
+bytes through its shared-memory rings, the socket carrying only wake-up
+bytes.  TLS lanes are ``tls_lane.TlsLane``.
 """
 import collections
-import os
-import select
-import ssl
-import struct
-import time
 
+from .. import _protocol as P
 from ..errors import ManagerGone, ProtocolError
 from ..proxies import collect_increfs
 
-__all__ = ["Lane", "copy_failure"]
-
-#: bytes read from the socket at a time
-RECV_SIZE = 256 * 1024
-#: buffered requests this large leave at once, without waiting for the turn's end
-FLUSH_SIZE = 64 * 1024
-#: a spin yields the CPU from this many seconds on, in case the server
-#: shares it with us (it then runs only when we let it)
-SPIN_CALM = 4e-6
-
-_frame_len = struct.Struct("!i")
-_frame_len64 = struct.Struct("!Q")
-_perf = time.perf_counter
-_yield = os.sched_yield
-
-
-def frame(body):
-    """The frame header of the protocol, then body, as one bytes object."""
-    n = len(body)
-    if n > 0x7FFFFFFF:
-        return _frame_len.pack(-1) + _frame_len64.pack(n) + body
-    return _frame_len.pack(n) + body
+__all__ = ["Lane", "WireLane", "copy_failure"]
 
 
 class Lane:
-    """One connection of a Link (see the module docstring)."""
+    """What every lane does, whatever carries its bytes."""
 
-    def __init__(self, link, sock, frames, tls=None):
+    #: whether calls may spin for their replies on this lane
+    spins = False
+
+    def __init__(self, link, fd):
         self.link = link
         self.loop = link.loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.frames = frames            # the wire's FrameReader for this stream
-        self.tls = tls                  # (SSLObject, incoming BIO, outgoing BIO) or None
+        self.fd = fd
         self.slots = collections.deque()  # calls sent, oldest first, awaiting replies
-        self.out = bytearray()          # frames that leave at the end of this turn
         self.flush_due = False          # a flush is scheduled for the end of the turn
-        self.unsent = bytearray()       # bytes the socket did not take yet
         self.closed = False
-        self.greeting = True            # the handshake is not over: frames wait for recv_frame()
-        self.raw = None                 # during the handshake: the future of the next frame
+        self.greeting = True            # the handshake is not over: frames go to recv_frame()
+        self.frames_in = collections.deque()  # handshake frames not asked for yet
+        self.raw = None                 # the future of the next handshake frame, if asked
         self.on_idle = None             # on_idle(lane) when the last reply came (a pool's lane)
         self.held = 0                   # locks its server thread holds for a task
         self._increfs = []              # proxies unpickled from a reply: increfs to send
-        self._buf = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buf)
-        self._poller = select.poll()
-        self._poller.register(self.fd, select.POLLIN)
-        self.loop.add_reader(self.fd, self._readable)
 
     def __repr__(self):
-        return "<Lane fd=%d %s, %d waiting>" % (self.fd, "closed" if self.closed else "open",
-                                               len(self.slots))
+        return "<%s fd=%d %s, %d waiting>" % (type(self).__name__, self.fd,
+                                              "closed" if self.closed else "open",
+                                              len(self.slots))
+
+    # -- what a kind of lane provides ------------------------------------------
+
+    def _queue(self, kind, request):
+        """Encode request (ident, method, args, kwds) into the bytes to send."""
+        raise NotImplementedError
+
+    def _push(self):
+        """Send what is queued, as far as the transport takes it now."""
+        raise NotImplementedError
+
+    def _pending(self):
+        """Whether queued bytes wait to be sent."""
+        raise NotImplementedError
+
+    def _spin(self):
+        """Spin for bytes; whether they came."""
+        return False
+
+    def _take(self):
+        """Read what came: a list of (kind, value) replies, or (0, exc) for
+        one that does not decode (raw bodies during the handshake).
+        EOFError, OSError or ProtocolError when the stream is over."""
+        raise NotImplementedError
+
+    def _stop_watching(self):
+        """Unregister from the loop."""
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+
+    def _close_transport(self):
+        raise NotImplementedError
 
     # -- sending ---------------------------------------------------------------
 
     def send(self, call):
-        """Send call.body; its reply goes to call.resolve() (a PlainCall,
-        or a Discard)."""
+        """Send call.request; its reply goes to call.resolve() (a PlainCall,
+        or a Discard).  An argument that does not encode raises here."""
         if self.closed:
             call.fail(ManagerGone("the connection to the manager at %r is closed"
                                   % (self.link.address,)))
             return
-        body = call.body
-        call.body = None
-        slots, out = self.slots, self.out
-        slots.append(call)
-        if len(slots) > 1 or out:
-            n = len(body)
-            out += _frame_len.pack(n) if n <= 0x7FFFFFFF else _frame_len.pack(-1) + _frame_len64.pack(n)
-            out += body
-            if not self.flush_due:
-                self.flush_due = True
-                self.loop.call_soon(self.flush)
-            elif len(out) >= FLUSH_SIZE:
-                self.flush()
+        idle = not self.slots and not self.flush_due and not self._pending()
+        self._queue(P.REQ_CALL, call.request)
+        call.request = None
+        self.slots.append(call)
+        if not idle:
+            self._flush_later()
             return
-        self._write(frame(body))
+        self._push()
         link = self.link
-        if call.spin and link.spin_s and not self.closed and link.may_spin():
-            link.spun(self.spin(call, link.spin_s))
+        if call.spin and self.spins and not self.closed and link.may_spin():
+            if self._spin() and not self.closed:
+                self._readable()
 
-    def queue(self, data):
-        """Send data at the end of this turn of the loop (at once when
-        much is waiting)."""
-        self.out += data
+    def send_oneway(self, request):
+        """A request that gets no reply (REQ_ONEWAY): (ident, method, args, kwds)."""
+        if self.closed:
+            return
+        idle = not self.slots and not self.flush_due and not self._pending()
+        self._queue(P.REQ_ONEWAY, request)
+        if idle:
+            self._push()
+        else:
+            self._flush_later()
+
+    def _flush_later(self):
         if not self.flush_due:
             self.flush_due = True
             self.loop.call_soon(self.flush)
-        elif len(self.out) >= FLUSH_SIZE:
-            self.flush()
-
-    def send_oneway(self, body):
-        """A request that gets no reply (REQ_ONEWAY)."""
-        if self.closed:
-            return
-        if self.slots or self.out:
-            self.queue(frame(body))
-        else:
-            self._write(frame(body))
-
-    def send_frame(self, data):
-        """A handshake frame."""
-        self._write(frame(data))
 
     def flush(self):
         self.flush_due = False
-        if self.out and not self.closed:
-            data = bytes(self.out)
-            del self.out[:]
-            self._write(data)
-
-    def _write(self, data):
-        """Send data: through TLS first if the lane has it."""
-        if self.tls is not None:
-            try:
-                self.tls[0].write(data)
-            except ssl.SSLError as exc:
-                self.broken(exc)
-                return
-            data = self.tls[2].read()
-        self._send_raw(data)
-
-    def _send_raw(self, data):
-        """Send bytes as they are, keeping what the socket does not take."""
-        if self.unsent:
-            self.unsent += data
-            return
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.broken(exc)
-            return
-        if sent < len(data):
-            self.unsent += memoryview(data)[sent:]
-            self.loop.add_writer(self.fd, self._writable)
-
-    def _writable(self):
-        try:
-            sent = self.sock.send(self.unsent)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.broken(exc)
-            return
-        del self.unsent[:sent]
-        if not self.unsent:
-            self.loop.remove_writer(self.fd)
+        if not self.closed:
+            self._push()
 
     # -- receiving -------------------------------------------------------------
 
     def _readable(self):
-        while not self.closed:
-            try:
-                n = self.sock.recv_into(self._buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.broken(exc)
-                return
-            if n == 0:
-                self.broken(EOFError("the manager closed the connection"))
-                return
-            self._take_in(n)
-            if n < RECV_SIZE:
-                return
-
-    def spin(self, call, budget):
-        """Read the socket until call has its reply or budget (seconds)
-        runs out; True if it came.  The caller holds the loop meanwhile.
-        (poll() says "nothing yet" for a third of what a recv that fails
-        with EAGAIN costs.)"""
-        ready = self._poller.poll
-        now = _perf()
-        end, calm = now + budget, now + SPIN_CALM
-        while True:
-            if ready(0):
-                try:
-                    n = self.sock.recv_into(self._buf)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as exc:
-                    self.broken(exc)
-                    return True
-                if n == 0:
-                    self.broken(EOFError("the manager closed the connection"))
-                    return True
-                self._take_in(n)
-                if call.done() or self.closed:
-                    return True
-                continue
-            now = _perf()
-            if now >= end:
-                return False
-            if now >= calm:
-                _yield()
-
-    def _take_in(self, n):
-        """n bytes arrived in the receive buffer: hand out whole replies."""
-        data = self._view[:n]
-        if self.tls is not None:
-            data = self._decrypt(data)
-            if data is None:
-                return
-        self.frames.feed(data)
+        if self.closed:
+            return
         try:
-            if self.greeting:
-                self._take_handshake_frame()
-            else:
-                self._deliver()
-        except ProtocolError as exc:
+            if self._pending():
+                self._push()
+            replies = self._take()
+        except (EOFError, OSError, ProtocolError) as exc:
             self.broken(exc)
             return
+        if self.greeting:
+            self.frames_in.extend(replies)
+            self._handshake_frame()
+        elif replies:
+            self._deliver(replies)
         if not self.slots and self.on_idle is not None and not self.closed:
             self.on_idle(self)
 
-    def _deliver(self):
-        frames, slots = self.frames, self.slots
-        decode = self.link.codec.decode_response
-        increfs = self._increfs
+    def _deliver(self, replies):
+        slots, increfs = self.slots, self._increfs
         collect_increfs(increfs)
         try:
-            while True:
-                body = frames.next_message()
-                if body is None:
-                    return
+            for kind, value in replies:
                 if not slots:
-                    raise ProtocolError("the manager sent a reply that nothing asked for")
+                    self.broken(ProtocolError("the manager sent a reply that nothing asked for"))
+                    return
                 call = slots.popleft()
-                try:
-                    kind, value = decode(body)
-                except ProtocolError:
-                    slots.appendleft(call)  # broken() fails it with the others
-                    raise
-                except Exception as exc:  # a result that does not unpickle, say
-                    call.fail(exc)
+                if kind == 0:
+                    call.fail(value)
                 else:
                     call.resolve(kind, value)
         finally:
@@ -279,46 +172,28 @@ class Lane:
                 self.link.send_increfs(self, increfs)
                 del increfs[:]
 
-    def _decrypt(self, data):
-        sslobj, incoming, outgoing = self.tls
-        incoming.write(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sslobj.read(RECV_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self.broken(EOFError("the manager closed the TLS connection"))
-                return None
-            except ssl.SSLError as exc:
-                self.broken(exc)
-                return None
-            if not chunk:
-                break
-            chunks.append(chunk)
-        records = outgoing.read()  # what TLS itself wants sent (a key update, say)
-        if records and not self.closed:
-            self._send_raw(records)
-        return b"".join(chunks) if chunks else None
-
     # -- the handshake ---------------------------------------------------------
 
+    def send_frame(self, data):
+        """A handshake frame (raw bytes)."""
+        raise NotImplementedError
+
     def recv_frame(self):
-        """A future of the next frame's body, unread (the handshake)."""
+        """A future of the next handshake frame's body."""
         self.raw = self.loop.create_future()
         raw = self.raw
-        self._take_handshake_frame()
+        self._handshake_frame()
         return raw
 
-    def _take_handshake_frame(self):
-        if self.raw is None:
-            return
-        body = self.frames.next_message()
-        if body is not None:
+    def _handshake_frame(self):
+        if self.raw is not None and self.frames_in:
             raw, self.raw = self.raw, None
             if not raw.done():
-                raw.set_result(body)
+                raw.set_result(self.frames_in.popleft())
+
+    def greeted(self):
+        """The handshake is over: frames are replies from now on."""
+        self.greeting = False
 
     # -- ending ----------------------------------------------------------------
 
@@ -338,20 +213,92 @@ class Lane:
         self.link.lost(self)
 
     def close(self):
-        """Close the socket (never shutdown(): a forked child holds a copy
-        that must not end the parent's connection)."""
-        if not self.closed:
-            self.detach().close()
-
-    def detach(self):
-        """Stop watching the socket; return it, still open."""
+        """Close the connection (never shutdown(): a forked child holds a
+        copy that must not end the parent's connection)."""
         if not self.closed:
             self.closed = True
-            if not self.loop.is_closed():
-                self.loop.remove_reader(self.fd)
-                if self.unsent:
-                    self.loop.remove_writer(self.fd)
-        return self.sock
+            self._stop_watching()
+            self._close_transport()
+
+    def handover(self):
+        """Stop watching it and return the wire Connection, for sync use
+        (an anchor), or None if this lane cannot be had that way."""
+        return None
+
+
+class WireLane(Lane):
+    """A lane over the wire's Connection, driven by its loop_* methods."""
+
+    def __init__(self, link, conn):
+        super().__init__(link, conn.fileno())
+        self.conn = conn
+        self.spins = conn.spin_us > 0
+        self.ring = False       # the bytes cross shared-memory rings
+        self.left = 0           # bytes queued that loop_send() could not send yet
+        self.writer_on = False  # waiting for the socket to be writable (socket path)
+        self.loop.add_reader(self.fd, self._readable)
+
+    def attached_ring(self):
+        """The connection took its rings (connect.py)."""
+        self.ring = True
+
+    def greeted(self):
+        super().greeted()
+        self.conn.max_message = P.DEFAULT_MAX_MESSAGE
+
+    def _queue(self, kind, request):
+        ident, method, args, kwds = request
+        self.conn.loop_queue(kind, ident, method, args, kwds)
+
+    def _pending(self):
+        return self.left > 0
+
+    def _push(self):
+        try:
+            self.left = self.conn.loop_send()
+        except (OSError, ProtocolError) as exc:
+            self.broken(exc)
+            return
+        # the rest goes when the socket is writable; through a ring, when
+        # the peer rings (the socket turns readable: _readable pushes)
+        if self.ring:
+            return
+        if self.left and not self.writer_on:
+            self.writer_on = True
+            self.loop.add_writer(self.fd, self._writable)
+        elif not self.left and self.writer_on:
+            self.writer_on = False
+            self.loop.remove_writer(self.fd)
+
+    def _writable(self):
+        if not self.closed:
+            self._push()
+
+    def _spin(self):
+        return self.conn.loop_spin()
+
+    def _take(self):
+        return self.conn.loop_receive(not self.greeting)
+
+    def send_frame(self, data):
+        self.conn.send_bytes(data)
+
+    def _stop_watching(self):
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+            if self.writer_on:
+                self.loop.remove_writer(self.fd)
+        self.writer_on = False
+
+    def _close_transport(self):
+        self.conn.close()
+
+    def handover(self):
+        if self.closed or self.slots or self.left:
+            return None
+        self.closed = True
+        self._stop_watching()
+        return self.conn
 
 
 def copy_failure(exc, address=None):

@@ -38,7 +38,6 @@ import asyncio
 import collections
 import logging
 
-from .._backend import wire
 
 __all__ = ["Leftovers", "SLICE"]
 
@@ -168,22 +167,19 @@ class Leftovers:
                     log.warning("an item of a cancelled get on %r is lost: %s", proxy, exc)
 
     def leave_anchor(self):
-        """Hand an idle lane to the sync side as its anchor, if it has none,
-        so that the session (and every object made here) outlives the loop."""
+        """Hand an idle lane's connection to the sync side as its anchor,
+        if it has none, so that the session (and every object made here)
+        outlives the loop."""
         link, peer = self.link, self.link.peer
-        lane = next((lane for lane in link.lanes if not lane.closed and lane.tls is None
-                     and not lane.slots and not lane.held and not lane.unsent), None)
-        if lane is None:
-            return
         with peer.lock:
             anchor = peer.anchor
             if anchor is not None and not anchor.closed:
                 return
-            link.lanes.discard(lane)
-            sock = lane.detach()
-            try:
-                sock.setblocking(True)
-                peer.anchor = wire.Connection(sock, codec=link.codec)
-            except OSError:  # the socket is gone already
-                sock.close()
-
+            for lane in list(link.lanes):
+                if lane.held:
+                    continue
+                conn = lane.handover()
+                if conn is not None:
+                    link.lanes.discard(lane)
+                    peer.anchor = conn
+                    return

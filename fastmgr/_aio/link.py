@@ -44,12 +44,11 @@ QUICK = "quick"
 
 #: pool lanes kept open while nobody uses them
 IDLE_MAX = 8
-#: the longest spin for a reply (microseconds), whatever the manager's spin_us
+#: the longest spin for a reply (microseconds), whatever the manager's spin_us:
+#: the loop is held meanwhile
 SPIN_MAX_US = 50
 #: spinning replies keep the loop for at most this long before it gets a turn
 STREAK_MAX = 0.001
-#: after a spin that missed, skip spinning for up to this many calls
-SKIP_MAX = 64
 
 _perf = time.perf_counter
 _current_task = asyncio.current_task
@@ -119,11 +118,9 @@ class Link:
         self.bound = {}          # ident -> True if the server gives its calls a thread
         self.leftovers = Leftovers(self)
         spin_us = peer.spin_us if peer.spin_us is not None else wire.get_spin()
-        self.spin_s = min(spin_us, SPIN_MAX_US) * 1e-6
+        self.spin_us = min(spin_us, SPIN_MAX_US)  # the lanes' spin budget
         self._turn_due = False   # a callback waits for the loop's next turn
         self._streak_from = 0.0  # when the loop last had a turn, as far as spins know
-        self._skip = 0           # calls left that do not spin
-        self._misses = 0         # spins missed in a row
         self._shutdown = _watch_shutdown(self)
 
     def __repr__(self):
@@ -140,10 +137,8 @@ class Link:
                     after, spin, limit)
 
     def dispatch(self, call):
-        """Send a PlainCall on the lane its route names (PlainCall._begin)."""
-        if call.body is None:
-            call.body = self.codec.encode_request(P.REQ_CALL, *call.request)
-            call.request = None
+        """Send a PlainCall (or a OnewayRequest) on the lane its route names
+        (PlainCall._started)."""
         route = call.route
         if route is FREE:
             lane = self.shared
@@ -164,7 +159,7 @@ class Link:
         if self.peer.dead:
             self._send_decrefs(lane)
         if call.oneway:
-            lane.send_oneway(call.body)
+            lane.send_oneway(call.request)
         else:
             lane.send(call)
 
@@ -181,8 +176,7 @@ class Link:
 
     def send_oneway(self, ident, method, args=(), kwds=None):
         """A request that gets no reply, on the shared lane (REQ_ONEWAY)."""
-        body = self.codec.encode_request(P.REQ_ONEWAY, ident, method, args, kwds or None)
-        self.dispatch(OnewayRequest(body, FREE))
+        self.dispatch(OnewayRequest((ident, method, args, kwds or None), FREE))
 
     async def _open_shared(self):
         try:
@@ -207,15 +201,13 @@ class Link:
         """Proxies that died since the last call: their references go first."""
         idents = self.peer._settle()
         if idents:
-            lane.send_oneway(self.codec.encode_request(P.REQ_ONEWAY, 0, "decref_many",
-                                                       (idents,), None))
+            lane.send_oneway((0, "decref_many", (idents,), None))
 
     def send_increfs(self, lane, increfs):
         """References taken by proxies unpickled from a reply on lane."""
         for peer, ident in increfs:
             if peer is self.peer:
-                lane.send_oneway(self.codec.encode_request(P.REQ_ONEWAY, 0, "incref",
-                                                           (ident,), None))
+                lane.send_oneway((0, "incref", (ident,), None))
             else:  # a proxy of another manager: its server must hear it now
                 peer.control("incref", ident)
 
@@ -325,12 +317,10 @@ class Link:
     # -- spinning ----------------------------------------------------------------
 
     def may_spin(self):
-        """Whether a call may spin for its reply now: not while spins keep
-        missing, and not once replies caught by spinning have kept the loop
-        from its other work for STREAK_MAX seconds."""
-        if self._skip:
-            self._skip -= 1
-            return False
+        """Whether a call may spin for its reply now: not once replies
+        caught by spinning have kept the loop from its other work for
+        STREAK_MAX seconds.  (How long a spin lasts, and whether spinning
+        pays, the wire's spin policy decides, lane by lane.)"""
         if not self._turn_due:
             self._turn_due = True
             self._streak_from = _perf()
@@ -340,13 +330,6 @@ class Link:
 
     def _turn(self):
         self._turn_due = False
-
-    def spun(self, caught):
-        if caught:
-            self._misses = 0
-        else:
-            self._misses = min(self._misses + 1, 6)
-            self._skip = min(1 << self._misses, SKIP_MAX)
 
     # -- the end -----------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import queue
 
-from .. import _protocol as P
 from .call import Discard
 from .leftovers import SLICE
 from .link import FREE
@@ -216,7 +215,7 @@ async def acquire(view, outer, blocking=True, timeout=None):
     own = lane is None
     if own:
         lane = await link.checkout()
-    release = link.codec.encode_request(P.REQ_CALL, ident, "release", (), None)
+    release = (ident, "release", (), None)
 
     def undo(got):
         if got and not lane.closed:

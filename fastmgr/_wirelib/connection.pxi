@@ -183,6 +183,30 @@ cdef class Connection:
         finally:
             _shrink(self)
 
+    # -- driven by an event loop (loop_path.pxi): none of these blocks --
+
+    def loop_queue(self, int kind, uint64_t ident, method, args=(), kwds=None):
+        """Queue a request frame; loop_send() sends it."""
+        _check_open(self)
+        _queue_request(self, kind, ident, method, args, kwds)
+
+    def loop_send(self):
+        """Send what the socket (or the tx ring) takes now of the queued
+        frames; return how many bytes wait still (0: all sent)."""
+        return _loop_send(self)
+
+    def loop_receive(self, bint decode=True):
+        """Take in what came, and return every whole frame: decoded as
+        responses ((kind, value), or (0, exception) for one whose value
+        does not decode), or without decode the bodies as bytes.  Raises
+        EOFError once the peer has closed and no frame is left."""
+        return _loop_receive(self, decode)
+
+    def loop_spin(self):
+        """Spin for up to the spin budget in force until bytes come (the
+        caller then calls loop_receive); whether they did."""
+        return _loop_spin(self)
+
     def call(self, uint64_t ident, method, args=(), kwds=None):
         """Send a request and wait for its response: (kind, value)."""
         cdef Py_ssize_t start, size
