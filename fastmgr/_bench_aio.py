@@ -32,11 +32,8 @@ def new_loop(kind):
 
 
 def uvloop_available():
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def one_at_a_time(m, impl):

@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 
+from helpers import aio
 from helpers.common import PUREPYTHON, managers_module
 from helpers.hub_rig import Rig
 
@@ -80,3 +81,20 @@ def rig(wire):
 def compiled(wire):
     """Whether the hub under test is the compiled one (one loop thread)."""
     return wire.IMPLEMENTATION == "compiled"
+
+
+# -- async views (test_aio_*.py) ---------------------------------------------
+
+@pytest.fixture(params=aio.LOOPS)
+def aio_run(request):
+    """aio_run(coroutine function, *args): its result, run on a new event
+    loop of each kind (the default loop, uvloop), bounded in time."""
+    return aio.loop_runner(request.param)
+
+
+@pytest.fixture(scope="module", params=aio.METHODS)
+def aio_manager(request):
+    """A started helpers.aio.AioManager, by fork and by spawn."""
+    m = aio.start_manager(request.param)
+    yield m
+    m.shutdown()

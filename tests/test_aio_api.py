@@ -1,4 +1,4 @@
-"""fastmgr.aio: what an async view offers, against real manager processes
+"""fastmgr.aio: what an async view offers, against real aio_manager processes
 (fork and spawn), on the default event loop and on uvloop."""
 import asyncio
 import gc
@@ -8,25 +8,24 @@ import sys
 import pytest
 
 import fastmgr
-from helpers.aio import (AioManager, CustomError, in_thread, loop_runner, manager,  # noqa: F401
-                          run, start_manager)
 from fastmgr import ProcessError, RemoteError, aio
+from helpers.aio import AioManager, CustomError, in_thread, loop_runner, start_manager
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_aio_takes_proxies_and_managers_only(manager):
-    d = manager.dict()
+def test_aio_takes_proxies_and_managers_only(aio_manager):
+    d = aio_manager.dict()
     view = aio(d)
     assert aio(view) is view and view.proxy is d
-    assert aio(aio(manager)).manager is manager
+    assert aio(aio(aio_manager)).manager is aio_manager
     with pytest.raises(TypeError):
         aio(3)
     assert "async view" in repr(view) and "DictProxy" in repr(view)
 
 
-def test_dict(manager, run):
-    d = manager.dict({"a": 1})
+def test_dict(aio_manager, aio_run):
+    d = aio_manager.dict({"a": 1})
 
     async def main():
         ad = aio(d)
@@ -49,12 +48,12 @@ def test_dict(manager, run):
         assert "Traceback" in str(info.value.__cause__)
         return await ad._getvalue()
 
-    assert run(main) == {"b": 2, "c": 3, "y": 9}
+    assert aio_run(main) == {"b": 2, "c": 3, "y": 9}
     assert d.copy() == {"b": 2, "c": 3, "y": 9}  # the same object, seen synchronously
 
 
-def test_list_and_async_for(manager, run):
-    items = manager.list([3, 1, 2])
+def test_list_and_async_for(aio_manager, aio_run):
+    items = aio_manager.list([3, 1, 2])
 
     async def main():
         al = aio(items)
@@ -69,10 +68,10 @@ def test_list_and_async_for(manager, run):
         assert await al.imul(2) is al
         return [x async for x in al]
 
-    assert run(main) == [0, 1, 2, 4, 5] * 2
+    assert aio_run(main) == [0, 1, 2, 4, 5] * 2
 
 
-def test_manager_view_makes_async_views(run):
+def test_manager_view_makes_async_views(aio_run):
     m = start_manager()
     try:
         async def main():
@@ -92,7 +91,7 @@ def test_manager_view_makes_async_views(run):
             gc.collect()
             await (await amgr.list()).append(1)  # the decrefs leave with the next call
             assert await amgr._number_of_objects() == before + 0
-        run(main)
+        aio_run(main)
     finally:
         m.shutdown()
 
@@ -102,8 +101,8 @@ def test_manager_view_makes_async_views(run):
         asyncio.run(not_started())
 
 
-def test_errors_as_the_sync_call_raises_them(manager, run):
-    maths = manager.Maths()
+def test_errors_as_the_sync_call_raises_them(aio_manager, aio_run):
+    maths = aio_manager.Maths()
 
     async def main():
         am = aio(maths)
@@ -125,13 +124,13 @@ def test_errors_as_the_sync_call_raises_them(manager, run):
         maths.echo(lambda: None)
     except Exception as exc:
         sync_error = exc
-    assert run(main) == 3
+    assert aio_run(main) == 3
 
 
-def test_nested_proxies_come_back_as_views(manager, run):
-    shelf = manager.Shelf()
-    outer = manager.dict()
-    outer["inner"] = manager.dict({"deep": 1})
+def test_nested_proxies_come_back_as_views(aio_manager, aio_run):
+    shelf = aio_manager.Shelf()
+    outer = aio_manager.dict()
+    outer["inner"] = aio_manager.dict({"deep": 1})
 
     async def main():
         item = await aio(shelf).item("tools")  # method_to_typeid: a new proxy
@@ -144,12 +143,12 @@ def test_nested_proxies_come_back_as_views(manager, run):
         await inner.setitem("deep", 2)
         return item.proxy, inner.proxy
 
-    item, inner = run(main)
+    item, inner = aio_run(main)
     assert item.add(2, 2) == 4 and inner["deep"] == 2  # the proxies work synchronously too
 
 
-def test_iterators(manager, run):
-    d = manager.dict({1: "a", 2: "b", 3: "c"})
+def test_iterators(aio_manager, aio_run):
+    d = aio_manager.dict({1: "a", 2: "b", 3: "c"})
 
     async def main():
         ad = aio(d)
@@ -162,15 +161,15 @@ def test_iterators(manager, run):
             await it.next()
         return keys, [first] + rest
 
-    keys, again = run(main)
+    keys, again = aio_run(main)
     assert sorted(keys) == [1, 2, 3] and sorted(again) == [1, 2, 3]
 
 
-def test_value_namespace_event_barrier(manager, run):
-    value = manager.Value("i", 1)
-    ns = manager.Namespace(x=1)
-    event = manager.Event()
-    barrier = manager.Barrier(3)
+def test_value_namespace_event_barrier(aio_manager, aio_run):
+    value = aio_manager.Value("i", 1)
+    ns = aio_manager.Namespace(x=1)
+    event = aio_manager.Event()
+    barrier = aio_manager.Barrier(3)
 
     async def main():
         av, ans, aev, ab = aio(value), aio(ns), aio(event), aio(barrier)
@@ -192,12 +191,12 @@ def test_value_namespace_event_barrier(manager, run):
         indexes = await asyncio.gather(ab.wait(), ab.wait(), ab.wait())
         return sorted(indexes)
 
-    assert run(main) == [0, 1, 2]
+    assert aio_run(main) == [0, 1, 2]
     assert value.value == 5 and ns.y == 2
 
 
-def test_locks(manager, run):
-    lock, rlock, sem = manager.Lock(), manager.RLock(), manager.Semaphore(2)
+def test_locks(aio_manager, aio_run):
+    lock, rlock, sem = aio_manager.Lock(), aio_manager.RLock(), aio_manager.Semaphore(2)
 
     async def main():
         al, arl, asem = aio(lock), aio(rlock), aio(sem)
@@ -225,14 +224,14 @@ def test_locks(manager, run):
         await asyncio.ensure_future(al.release())
         return await al.locked()
 
-    assert run(main) is False
+    assert aio_run(main) is False
     assert lock.acquire(timeout=1)  # nothing left held
     lock.release()
 
 
-def test_condition(manager, run):
-    cond = manager.Condition()
-    state = manager.dict(ready=False)
+def test_condition(aio_manager, aio_run):
+    cond = aio_manager.Condition()
+    state = aio_manager.dict(ready=False)
 
     async def main():
         ac, ast = aio(cond), aio(state)
@@ -254,11 +253,11 @@ def test_condition(manager, run):
             await ac.notify()  # without the lock, as the stdlib says
         return got[:2]
 
-    assert run(main) == [True, True]
+    assert aio_run(main) == [True, True]
 
 
-def test_queues(manager, run):
-    q, jq, small = manager.Queue(), manager.JoinableQueue(), manager.Queue(1)
+def test_queues(aio_manager, aio_run):
+    q, jq, small = aio_manager.Queue(), aio_manager.JoinableQueue(), aio_manager.Queue(1)
 
     async def main():
         aq, ajq, asmall = aio(q), aio(jq), aio(small)
@@ -295,11 +294,11 @@ def test_queues(manager, run):
         await joiner
         return await aq.empty()
 
-    assert run(main) is True
+    assert aio_run(main) is True
 
 
-def test_pool_results(manager, run):
-    pool = manager.Pool(2)
+def test_pool_results(aio_manager, aio_run):
+    pool = aio_manager.Pool(2)
 
     async def main():
         apool = aio(pool)
@@ -309,15 +308,15 @@ def test_pool_results(manager, run):
         return await apool.map(abs, [-1, -2])
 
     try:
-        assert run(main) == [1, 2]
+        assert aio_run(main) == [1, 2]
     finally:
         pool.terminate()
 
 
-def test_a_blocking_call_does_not_hold_up_others(manager, run):
+def test_a_blocking_call_does_not_hold_up_others(aio_manager, aio_run):
     """A thread-bound object's call that blocks takes a lane of its own:
     calls on other objects, and quick calls, go on meanwhile."""
-    waiter, d, q = manager.Waiter(), manager.dict(), manager.Queue()
+    waiter, d, q = aio_manager.Waiter(), aio_manager.dict(), aio_manager.Queue()
 
     async def main():
         aw, ad, aq = aio(waiter), aio(d), aio(q)
@@ -331,12 +330,12 @@ def test_a_blocking_call_does_not_hold_up_others(manager, run):
         await aq.put("go")
         return await asyncio.gather(*blocked)
 
-    assert run(main) == [True, "go"]
+    assert aio_run(main) == [True, "go"]
 
 
-def test_many_calls_in_flight(manager, run):
-    d = manager.dict({i: i * i for i in range(500)})
-    maths = manager.Maths()
+def test_many_calls_in_flight(aio_manager, aio_run):
+    d = aio_manager.dict({i: i * i for i in range(500)})
+    maths = aio_manager.Maths()
 
     async def main():
         ad, am = aio(d), aio(maths)
@@ -345,14 +344,14 @@ def test_many_calls_in_flight(manager, run):
         mixed = await asyncio.gather(*[ad.get(i) if i % 2 else am.echo(i) for i in range(300)])
         return squares, sums, mixed
 
-    squares, sums, mixed = run(main)
+    squares, sums, mixed = aio_run(main)
     assert squares == [i * i for i in range(500)]
     assert sums == [i + 1 for i in range(300)]
     assert mixed == [i * i if i % 2 else i for i in range(300)]
 
 
-def test_the_same_proxy_sync_and_async(manager, run):
-    d = manager.dict()
+def test_the_same_proxy_sync_and_async(aio_manager, aio_run):
+    d = aio_manager.dict()
 
     async def main():
         ad = aio(d)
@@ -363,12 +362,12 @@ def test_the_same_proxy_sync_and_async(manager, run):
             assert d[i] == "async"
         return len(d)
 
-    assert run(main) == 20
-    assert in_thread(loop_runner(run.kind), main) == 20  # a loop in another thread
+    assert aio_run(main) == 20
+    assert in_thread(loop_runner(aio_run.kind), main) == 20  # a loop in another thread
 
 
-def test_calls_behave_as_coroutines(manager, run):
-    maths = manager.Maths()
+def test_calls_behave_as_coroutines(aio_manager, aio_run):
+    maths = aio_manager.Maths()
 
     async def main():
         am = aio(maths)
@@ -383,12 +382,12 @@ def test_calls_behave_as_coroutines(manager, run):
             results.append(task.result())
         return results
 
-    assert run(main)[:4] == [2, 4, 6, 3]
+    assert aio_run(main)[:4] == [2, 4, 6, 3]
     # made where no loop runs, it starts in the loop that awaits it
     assert asyncio.run(aio(maths).add(5, 5)) == 10
 
 
-def test_timeouts(run):
+def test_timeouts(aio_run):
     m = start_manager(timeout=0.3)
     try:
         maths = m.Maths()
@@ -408,13 +407,13 @@ def test_timeouts(run):
                 await asyncio.wait_for(am.slow(0.5, "late"), 0.1)
             return await am.echo("last")
 
-        assert run(main) == "last"
+        assert aio_run(main) == "last"
     finally:
         m.shutdown()
 
 
-def test_oneway(manager, run):
-    d = manager.dict()
+def test_oneway(aio_manager, aio_run):
+    d = aio_manager.dict()
 
     async def main():
         ad = aio(d)
@@ -424,6 +423,6 @@ def test_oneway(manager, run):
         send.update({"done": True})
         return await ad.get("done"), await ad.len()
 
-    assert run(main) == (True, 101)
+    assert aio_run(main) == (True, 101)
     with pytest.raises(TypeError):
         fastmgr.pipeline(aio(d))

@@ -1,5 +1,5 @@
 """fastmgr.aio: cancellation loses nothing, the loop never blocks, and a
-manager that dies fails every pending await at once.  Real manager
+aio_manager that dies fails every pending await at once.  Real aio_manager
 processes (fork and spawn), default event loop and uvloop."""
 import asyncio
 import os
@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from helpers.aio import manager, run, start_manager  # noqa: F401
+from helpers.aio import start_manager
 from fastmgr import ManagerGone, aio
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_a_cancelled_call_leaves_its_lane_to_the_next(manager, run):
-    maths = manager.Maths()
+def test_a_cancelled_call_leaves_its_lane_to_the_next(aio_manager, aio_run):
+    maths = aio_manager.Maths()
 
     async def main():
         am = aio(maths)
@@ -32,11 +32,11 @@ def test_a_cancelled_call_leaves_its_lane_to_the_next(manager, run):
         answers.append(await am.echo("last"))
         return answers
 
-    assert run(main) == list(range(20)) + ["mine", "last"]
+    assert aio_run(main) == list(range(20)) + ["mine", "last"]
 
 
-def test_a_cancelled_get_hands_its_item_to_the_next_get(manager, run):
-    q = manager.Queue()
+def test_a_cancelled_get_hands_its_item_to_the_next_get(aio_manager, aio_run):
+    q = aio_manager.Queue()
 
     async def main():
         aq = aio(q)
@@ -48,11 +48,11 @@ def test_a_cancelled_get_hands_its_item_to_the_next_get(manager, run):
         # whichever request took "first" on the server, the next get here has it
         return [await aq.get(timeout=5), await aq.get(timeout=5)]
 
-    assert run(main) == ["first", "second"]
+    assert aio_run(main) == ["first", "second"]
 
 
-def test_items_nobody_took_go_back_when_the_loop_ends(manager, run):
-    q = manager.Queue()
+def test_items_nobody_took_go_back_when_the_loop_ends(aio_manager, aio_run):
+    q = aio_manager.Queue()
 
     async def main():
         aq = aio(q)
@@ -65,16 +65,16 @@ def test_items_nobody_took_go_back_when_the_loop_ends(manager, run):
         await asyncio.sleep(0.1)
 
     started = time.monotonic()
-    run(main)
+    aio_run(main)
     assert time.monotonic() - started < 10
     assert sorted([q.get(timeout=5), q.get(timeout=5)]) == ["a", "b"]
     assert q.empty()
 
 
-def test_many_cancelled_gets_lose_and_duplicate_nothing(manager, run):
+def test_many_cancelled_gets_lose_and_duplicate_nothing(aio_manager, aio_run):
     """Consumers whose gets are cancelled at random (task.cancel, wait_for
     timeouts) against producers: every item arrives exactly once."""
-    q = manager.Queue()
+    q = aio_manager.Queue()
     count, consumers = 600, 25
 
     async def main():
@@ -114,15 +114,15 @@ def test_many_cancelled_gets_lose_and_duplicate_nothing(manager, run):
         await asyncio.gather(*tasks, return_exceptions=True)
         return got
 
-    got = run(main)
+    got = aio_run(main)
     assert len(got) == count and sorted(got) == list(range(count))
     assert q.empty()
 
 
-def test_one_consumer_with_cancelled_gets_keeps_the_order(manager, run):
+def test_one_consumer_with_cancelled_gets_keeps_the_order(aio_manager, aio_run):
     """Items a cancelled get took come out of the next gets in the order
     they left the queue."""
-    q = manager.Queue()
+    q = aio_manager.Queue()
     count = 200
 
     async def main():
@@ -146,11 +146,11 @@ def test_one_consumer_with_cancelled_gets_keeps_the_order(manager, run):
         await asyncio.gather(produce(), consume())
         return got
 
-    assert run(main) == list(range(count))
+    assert aio_run(main) == list(range(count))
 
 
-def test_a_cancelled_acquire_gives_the_lock_back(manager, run):
-    lock = manager.Lock()
+def test_a_cancelled_acquire_gives_the_lock_back(aio_manager, aio_run):
+    lock = aio_manager.Lock()
 
     async def main():
         al = aio(lock)
@@ -163,14 +163,14 @@ def test_a_cancelled_acquire_gives_the_lock_back(manager, run):
         await al.release()
         return other
 
-    assert run(main) == [True]
+    assert aio_run(main) == [True]
     assert lock.acquire(timeout=5)
     lock.release()
 
 
-def test_locks_under_cancellation_stay_exclusive(manager, run):
-    lock = manager.Lock()
-    holders = manager.Value("i", 0)
+def test_locks_under_cancellation_stay_exclusive(aio_manager, aio_run):
+    lock = aio_manager.Lock()
+    holders = aio_manager.Value("i", 0)
 
     async def main():
         al, ah = aio(lock), aio(holders)
@@ -203,13 +203,13 @@ def test_locks_under_cancellation_stay_exclusive(manager, run):
         await asyncio.gather(*[worker(seed) for seed in range(12)])
         return entered
 
-    assert run(main) > 0
+    assert aio_run(main) > 0
     assert lock.acquire(timeout=5)  # every cancelled acquire gave it back
     lock.release()
 
 
-def test_a_cancelled_condition_wait(manager, run):
-    cond = manager.Condition()
+def test_a_cancelled_condition_wait(aio_manager, aio_run):
+    cond = aio_manager.Condition()
 
     async def main():
         ac = aio(cond)
@@ -227,16 +227,16 @@ def test_a_cancelled_condition_wait(manager, run):
             await ac.notify_all()
         return True
 
-    assert run(main)
+    assert aio_run(main)
     assert cond.acquire(timeout=5)
     cond.release()
 
 
-def test_the_loop_is_never_blocked(manager, run):
+def test_the_loop_is_never_blocked(aio_manager, aio_run):
     """A Queue.get that waits 10 s: a 1 ms ticker in the same loop keeps
     ticking.  (A blocked loop would lag by the whole 10 s; the bound here
     is generous so that a busy machine does not fail the test.)"""
-    q = manager.Queue()
+    q = aio_manager.Queue()
 
     async def main():
         aq = aio(q)
@@ -251,16 +251,16 @@ def test_the_loop_is_never_blocked(manager, run):
             getter.result()
         return lags
 
-    lags = run(main)
+    lags = aio_run(main)
     lags.sort()
     print("ticker lag over 10 s: median %.2f ms, 99%% %.2f ms, max %.2f ms (%s)" % (
         lags[len(lags) // 2] * 1e3, lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3,
-        run.kind))
+        aio_run.kind))
     assert len(lags) > 1000
     assert lags[-1] < 1.0
 
 
-def test_a_killed_manager_fails_every_pending_await(run):
+def test_a_killed_manager_fails_every_pending_await(aio_run):
     m = start_manager()
     try:
         q, d = m.Queue(), m.dict({"k": 1})
@@ -283,7 +283,7 @@ def test_a_killed_manager_fails_every_pending_await(run):
             await asyncio.sleep(0.01)  # the loop goes on
             return took
 
-        took = run(main)
+        took = aio_run(main)
         print("100 pending awaits failed within %.3f s" % took)
         assert took < 10
     finally:

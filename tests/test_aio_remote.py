@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers.aio import AioManager, run  # noqa: F401
+from helpers.aio import AioManager
 from fastmgr import AuthenticationError, AutoProxy, Token, aio
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,7 +36,7 @@ def _contexts(certificate):
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-def test_views_over_tcp(tls, certificate, run):
+def test_views_over_tcp(tls, certificate, aio_run):
     kwds = {}
     if tls:
         kwds["ssl_context"], kwds["client_ssl_context"] = _contexts(certificate)
@@ -59,14 +59,14 @@ def test_views_over_tcp(tls, certificate, run):
             await ad.update({i: str(i) for i in range(100)})
             return sums, await ad.len()
 
-        sums, length = run(main)
+        sums, length = aio_run(main)
         assert sums == [2 * i for i in range(200)] and length == 100
     finally:
         m.shutdown()
 
 
 def test_tls_refuses_a_plain_lane(certificate):
-    """A client that does not speak TLS to a TLS manager is refused."""
+    """A client that does not speak TLS to a TLS aio_manager is refused."""
     server, client = _contexts(certificate)
     m = AioManager(address=("127.0.0.1", 0), ssl_context=server, client_ssl_context=client)
     m.start()

@@ -1,11 +1,13 @@
 """Async views of proxies and managers: ``fastmgr.aio(target)``.
 
 The pieces, from the bottom up: ``lane.py`` (one connection driven by
-the event loop), ``connect.py`` (opening one; the handshake is ``_handshake.py``'s),
-``link.py`` (one loop's lanes to one manager, and which lane a call
-takes), ``call.py`` (the awaitable a view's method returns), ``ops.py``
-(calls that may block), ``leftovers.py`` (what cancelled calls leave
-behind), ``views.py`` and ``manager.py`` (what users call).
+the event loop: the wire's Connection through its loop_* methods, or
+``tls_lane.py`` over TLS), ``connect.py`` (opening one; the handshake is
+``_handshake.py``'s), ``link.py`` (one loop's lanes to one manager, and
+which lane a call takes), ``call.py`` (the awaitable a view's method
+returns), ``ops.py`` (calls that may block), ``leftovers.py`` (what
+cancelled calls leave behind), ``views.py`` and ``manager.py`` (what
+users call).
 docs/asyncio.md is the user's guide.
 """
 import os

@@ -27,7 +27,6 @@ import os
 import time
 from multiprocessing import util
 
-from .. import _protocol as P
 from .._backend import wire
 from ..errors import ManagerGone, RemoteError
 from .call import GuardedCall, OnewayRequest, PlainCall

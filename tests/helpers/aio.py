@@ -1,8 +1,10 @@
 """What the tests of async views (test_aio_*.py) share.
 
 What a manager process needs lives here, so that it pickles by reference
-under the spawn start method.  ``run`` (a fixture over the default event
-loop and uvloop) runs a coroutine function on a new loop, bounded in time.
+under the spawn start method.  The fixtures (in conftest.py): ``aio_run``,
+over the default event loop and uvloop, runs a coroutine function on a new
+loop, bounded in time (loop_runner); ``aio_manager``, over fork and spawn,
+is a started AioManager shared by a test module.
 """
 import asyncio
 import multiprocessing
@@ -107,18 +109,6 @@ def loop_runner(kind):
         return start(asyncio.wait_for(fn(*args), limit))
     run.kind = kind
     return run
-
-
-@pytest.fixture(params=LOOPS)
-def run(request):
-    return loop_runner(request.param)
-
-
-@pytest.fixture(scope="module", params=METHODS)
-def manager(request):
-    m = start_manager(request.param)
-    yield m
-    m.shutdown()
 
 
 def in_thread(fn, *args, limit=RUN_LIMIT):
