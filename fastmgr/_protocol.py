@@ -57,7 +57,10 @@ send) takes a detour: the writer announces it in the ring (where in the
 stream it belongs, and its size), then sends the byte ``DETOUR_MARK`` and
 the message on the socket; the reader takes it there once
 it has read the ring up to that point, then lowers the announcement, and
-only then may the writer announce another.  Each ring: u64 head (consumed); u64 tail
+only then may the writer announce another.  A writer that cannot wait for
+the socket part (a connection driven by an event loop) streams such a
+message through the ring in several turns instead; the reader cannot tell
+the difference and need not.  Each ring: u64 head (consumed); u64 tail
 (written), u64 detour_at, u64 detour_len, u32 detour_pending, i32 writer_cpu
 (the CPU the writer last wrote from: a hint for spinning, any value is
 safe); u32 reader_waiting; u32 writer_waiting: each group on its own

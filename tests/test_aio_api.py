@@ -2,6 +2,7 @@
 (fork and spawn), on the default event loop and on uvloop."""
 import asyncio
 import gc
+import inspect
 import queue
 import sys
 
@@ -373,6 +374,9 @@ def test_calls_behave_as_coroutines(aio_manager, aio_run):
         am = aio(maths)
         call = am.add(1, 2)
         assert asyncio.iscoroutine(call) and asyncio.isfuture(call)
+        assert asyncio.iscoroutinefunction(am.add)
+        if sys.version_info >= (3, 12):
+            assert inspect.iscoroutinefunction(am.add)
         results = [await asyncio.create_task(am.add(1, 1)),
                    await asyncio.wait_for(am.add(2, 2), 10),
                    await asyncio.shield(am.add(3, 3)), await call]

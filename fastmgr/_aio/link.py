@@ -115,6 +115,7 @@ class Link:
         self.lanes = set()       # every open lane
         self.pins = {}           # task -> the lane whose server thread holds its locks
         self.bound = {}          # ident -> True if the server gives its calls a thread
+                                 # (or the task asking it)
         self.leftovers = Leftovers(self)
         spin_us = peer.spin_us if peer.spin_us is not None else wire.get_spin()
         self.spin_us = min(spin_us, SPIN_MAX_US)  # the lanes' spin budget
@@ -223,14 +224,24 @@ class Link:
             raise RemoteError(tb) from None
 
     async def thread_bound(self, ident):
-        """Whether the server gives calls on ident a thread of their own."""
+        """Whether the server gives calls on ident a thread of their own
+        (asked once per link and object, however many calls want to know)."""
         bound = self.bound.get(ident)
         if bound is None:
-            try:
-                bound = bool(await self.control("thread_bound", (ident,)))
-            except RemoteError:
-                bound = True  # a server that cannot say: the careful choice
-            self.bound[ident] = bound
+            bound = self.bound[ident] = self.loop.create_task(self._ask_thread_bound(ident))
+        if isinstance(bound, bool):
+            return bound
+        return await asyncio.shield(bound)
+
+    async def _ask_thread_bound(self, ident):
+        try:
+            bound = bool(await self.control("thread_bound", (ident,)))
+        except RemoteError:
+            bound = True  # a server that cannot say: the careful choice
+        except BaseException:
+            del self.bound[ident]  # ask again next time
+            raise
+        self.bound[ident] = bound
         return bound
 
     # -- lanes of their own ------------------------------------------------------

@@ -46,6 +46,20 @@ _get_running_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
 
 
+def awaitable(method):
+    """Mark a method that returns a call (an awaitable that behaves as a
+    coroutine) as a coroutine function, where Python lets us:
+    inspect.iscoroutinefunction (3.12+) and asyncio.iscoroutinefunction."""
+    if hasattr(inspect, "markcoroutinefunction"):
+        inspect.markcoroutinefunction(method)
+    else:
+        method._is_coroutine = _asyncio_marker
+    return method
+
+
+_asyncio_marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+
+
 class AsyncProxy:
     """An async view of a proxy (see the module docstring)."""
 
@@ -129,14 +143,17 @@ class AsyncProxy:
 
     # -- what every proxy has -----------------------------------------------------
 
+    @awaitable
     def _getvalue(self):
         """A copy of the shared object."""
         return self._call("#GETVALUE")
 
+    @awaitable
     def repr(self):
         """The shared object's repr (what str(proxy) gives)."""
         return self._call("__repr__")
 
+    @awaitable
     def str(self):
         """The shared object's str."""
         return self._call("__str__")
@@ -208,9 +225,11 @@ class LockView(AsyncProxy):
 
     __slots__ = ()
 
+    @awaitable
     def acquire(self, blocking=True, timeout=None):
         return self._call("acquire", _acquire_args(blocking, timeout), None, _acquire_op)
 
+    @awaitable
     def release(self):
         if self._bound and _running():
             return self._release_call(_current_task())
@@ -257,12 +276,15 @@ def _release_op(view, outer):
 class ConditionView(LockView):
     __slots__ = ()
 
+    @awaitable
     def wait(self, timeout=None):
         return self._call("wait", (timeout,), None, ops.wait_sliced)
 
+    @awaitable
     def notify(self, n=1):
         return self._call("notify", (n,))
 
+    @awaitable
     def notify_all(self):
         return self._call("notify_all")
 
@@ -291,6 +313,7 @@ async def _maybe_awaited(value):
 class EventView(AsyncProxy):
     __slots__ = ()
 
+    @awaitable
     def wait(self, timeout=None):
         return self._call("wait", (timeout,), None, ops.wait_sliced)
 
@@ -298,6 +321,7 @@ class EventView(AsyncProxy):
 class BarrierView(AsyncProxy):
     __slots__ = ()
 
+    @awaitable
     def wait(self, timeout=None):
         return self._call("wait", (timeout,))
 
@@ -312,15 +336,19 @@ class BarrierView(AsyncProxy):
 class QueueView(AsyncProxy):
     __slots__ = ()
 
+    @awaitable
     def get(self, block=True, timeout=None):
         return self._call("get", (block, timeout), None, ops.queue_get)
 
+    @awaitable
     def get_nowait(self):
         return self.get(False)
 
+    @awaitable
     def put(self, item, block=True, timeout=None):
         return self._call("put", (item, block, timeout), None, ops.queue_put)
 
+    @awaitable
     def put_nowait(self, item):
         return self.put(item, False)
 
@@ -334,6 +362,7 @@ class IteratorView(AsyncProxy):
     def __anext__(self):
         return self._call("__next__")
 
+    @awaitable
     def next(self):
         return self._call("__next__")
 
@@ -347,12 +376,15 @@ class ValueView(AsyncProxy):
 class NamespaceView(AsyncProxy):
     __slots__ = ()
 
+    @awaitable
     def getattr(self, name):
         return self._call("__getattribute__", (name,))
 
+    @awaitable
     def setattr(self, name, value):
         return self._call("__setattr__", (name, value))
 
+    @awaitable
     def delattr(self, name):
         return self._call("__delattr__", (name,))
 
@@ -424,7 +456,7 @@ def _forwarder(method):
         return self._call(method, args, kwds)
     call.__name__ = twin_name(method)
     call.__doc__ = "await the shared object's %s(...)" % method
-    return call
+    return awaitable(call)
 
 
 def _inplace_forwarder(method):
