@@ -260,6 +260,41 @@ def test_the_loop_is_never_blocked(aio_manager, aio_run):
     assert lags[-1] < 1.0
 
 
+def test_calls_answered_at_once_still_let_other_tasks_run(aio_manager, aio_run):
+    """A task that awaits call after call, each reply caught by spinning,
+    yields to the loop now and then: a 1 ms ticker keeps ticking."""
+    d = aio_manager.dict({"k": 1})
+
+    async def main():
+        ad = aio(d)
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 2
+        calls = 0
+
+        async def busy():
+            nonlocal calls
+            while loop.time() < stop:
+                await ad.get("k")
+                calls += 1
+
+        async def ticker():
+            lags = []
+            while loop.time() < stop:
+                before = loop.time()
+                await asyncio.sleep(0.001)
+                lags.append(loop.time() - before - 0.001)
+            return lags
+
+        lags = (await asyncio.gather(busy(), ticker()))[1]
+        return calls, sorted(lags)
+
+    calls, lags = aio_run(main)
+    print("%d calls in 2 s beside a ticker: its lag median %.2f ms, max %.2f ms (%s)" % (
+        calls, lags[len(lags) // 2] * 1e3, lags[-1] * 1e3, aio_run.kind))
+    assert calls > 0 and len(lags) > 100
+    assert lags[-1] < 1.0
+
+
 def test_a_killed_manager_fails_every_pending_await(aio_run):
     m = start_manager()
     try:
