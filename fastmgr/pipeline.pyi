@@ -1,6 +1,7 @@
 from types import TracebackType
 from typing import Any
 
+from ._aio import AsyncProxy
 from .managers import BaseManager
 from .proxies import BaseProxy
 
@@ -18,5 +19,6 @@ class Pipeline:
 
 def pipeline(target: BaseManager | BaseProxy, window: int = 4096) -> Pipeline: ...
 
-def oneway(proxy: BaseProxy) -> Any:
-    """The proxy's methods, item assignment and deletion, sent without a reply."""
+def oneway(proxy: BaseProxy | AsyncProxy) -> Any:
+    """The proxy's methods, item assignment and deletion, sent without a
+    reply (of an async view: on its loop's shared connection)."""

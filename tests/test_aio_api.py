@@ -102,6 +102,25 @@ def test_manager_view_makes_async_views(aio_run):
         asyncio.run(not_started())
 
 
+def test_a_view_nobody_keeps_lives_until_its_call_is_answered(aio_run):
+    """A proxy made for one call and dropped at once: its reference goes
+    only once the call is answered (the next call sends its decref)."""
+    m = start_manager()
+    try:
+        async def main():
+            amgr = aio(m)
+            async with await amgr.Lock():
+                pass
+            await (await amgr.dict()).setitem("k", "v")
+            await aio(m.list()).append(1)
+            gc.collect()
+            return await amgr._number_of_objects()
+
+        assert aio_run(main) == 0
+    finally:
+        m.shutdown()
+
+
 def test_errors_as_the_sync_call_raises_them(aio_manager, aio_run):
     maths = aio_manager.Maths()
 

@@ -197,8 +197,9 @@ class PlainCall(Call):
     # link: the Link that sends it
     # route: which lane carries it (link.FREE, link.QUICK, or a Lane)
     # request: (ident, method, args, kwds) until a lane sends it (then None)
-    # view: the async view it was made by, which turns proxies in its
-    #       result into views (None: leave them be)
+    # view: the async view it was made by: it keeps the proxy (so its
+    #       reference) alive until the reply comes, and turns proxies in
+    #       the result into views
     # late: late(value) for a result that comes after the call ended
     # after: after(value) for every result, early or late (a lock's bookkeeping)
     # spin: whether the caller may spin for the reply (calls that may wait

@@ -118,7 +118,8 @@ async def queue_get(view, outer, block=True, timeout=None):
     if leftovers.offer(ident, outer) or await _after_cancelled_gets(leftovers, ident, outer):
         return
     try:
-        item = await _get(link, ident, quick_route(link, outer.owner), "get_nowait", (), keep)
+        item = await _get(view, link, ident, quick_route(link, outer.owner), "get_nowait", (),
+                          keep)
     except queue.Empty:
         if not block:
             raise
@@ -135,7 +136,7 @@ async def queue_get(view, outer, block=True, timeout=None):
                 args = (True, timeout) if timeout is not None and timeout <= SLICE else (
                     True, _slice(loop, deadline))
                 try:
-                    item = await _get(link, ident, lane, "get", args, keep, spin=False)
+                    item = await _get(view, link, ident, lane, "get", args, keep, spin=False)
                 except queue.Empty:
                     if deadline is None or loop.time() < deadline:
                         continue
@@ -163,10 +164,10 @@ async def _after_cancelled_gets(leftovers, ident, outer):
             return True
 
 
-async def _get(link, ident, route, method, args, keep, spin=True):
+async def _get(view, link, ident, route, method, args, keep, spin=True):
     """One get request's item.  Cancelled before its reply, it leaves the
     request to leftovers (in_flight) until the reply comes."""
-    plain = link.call(route, ident, method, args, late=keep, spin=spin)
+    plain = link.call(route, ident, method, args, view=view, late=keep, spin=spin)
     try:
         return await plain
     except asyncio.CancelledError:
@@ -180,7 +181,7 @@ async def queue_put(view, outer, item, block=True, timeout=None):
     link, ident = view._link_now(), view._ident
     try:
         await relay(outer, link.call(quick_route(link, outer.owner), ident, "put_nowait",
-                                     (item,)))
+                                     (item,), view=view))
         return
     except queue.Full:
         if not block:
@@ -192,7 +193,7 @@ async def queue_put(view, outer, item, block=True, timeout=None):
             args = (item, True, timeout) if timeout is not None and timeout <= SLICE else (
                 item, True, _slice(loop, deadline))
             try:
-                await relay(outer, link.call(lane, ident, "put", args, spin=False))
+                await relay(outer, link.call(lane, ident, "put", args, view=view, spin=False))
                 return
             except queue.Full:
                 if deadline is None or loop.time() < deadline:
@@ -225,14 +226,15 @@ async def acquire(view, outer, blocking=True, timeout=None):
         loop = link.loop
         if not blocking:
             args = (False,) if _forever(timeout) else (False, timeout)
-            got = await link.call(lane, ident, "acquire", args, late=undo)
+            got = await link.call(lane, ident, "acquire", args, view=view, late=undo)
         elif not _forever(timeout) and timeout <= SLICE:
-            got = await link.call(lane, ident, "acquire", (True, timeout), late=undo)
+            got = await link.call(lane, ident, "acquire", (True, timeout), view=view,
+                                  late=undo)
         else:
             deadline = None if _forever(timeout) else loop.time() + timeout
             while True:
                 got = await link.call(lane, ident, "acquire", (True, _slice(loop, deadline)),
-                                      late=undo, spin=False)
+                                      view=view, late=undo, spin=False)
                 if got or (deadline is not None and loop.time() >= deadline):
                     break
         if got:
@@ -262,7 +264,7 @@ async def wait_sliced(view, outer, timeout=None):
         while True:
             waited = timeout if timeout is not None and timeout <= SLICE else _slice(
                 loop, deadline)
-            plain = link.call(lane, ident, "wait", (waited,), spin=False)
+            plain = link.call(lane, ident, "wait", (waited,), view=view, spin=False)
             value = await plain
             if value or (deadline is not None and loop.time() >= deadline):
                 outer.give(value)

@@ -241,8 +241,8 @@ class LockView(AsyncProxy):
         link = self._link_now()
         lane = link.pinned(owner)
         if lane is None:
-            return link.call(QUICK, self._ident, "release")
-        return link.call(lane, self._ident, "release",
+            return link.call(QUICK, self._ident, "release", view=self)
+        return link.call(lane, self._ident, "release", view=self,
                          after=lambda value: link.unpin(owner, lane))
 
     def __aenter__(self):

@@ -6,6 +6,7 @@ on are the ones the package really has.
 """
 from __future__ import annotations
 
+import asyncio
 import queue
 from typing import Any, Callable
 
@@ -79,10 +80,23 @@ def use_sync_manager(manager: SyncManager) -> dict[str, int]:
     return d.copy()
 
 
+async def use_async_views(manager: SyncManager) -> int:
+    amgr = fastmgr.aio(manager)
+    ad = await amgr.dict()
+    await ad.setitem("a", 1)
+    aq = fastmgr.aio(manager.Queue())
+    await aq.put(await ad.get("a"))
+    async with await amgr.Lock():
+        item: int = await aq.get(timeout=10)
+    length: int = await ad.len()
+    return item + length
+
+
 def main() -> None:
     assert use_registered_type() == 9
     with SyncManager() as manager:
         copy = use_sync_manager(manager)
+        assert asyncio.run(use_async_views(manager)) == 2
     assert copy["ns"] == 5 and copy["pending"] == 5 and copy["oneway"] == 7, copy
     manager2: SyncManager = fastmgr.Manager()
     try:

@@ -1,0 +1,39 @@
+import builtins
+from types import TracebackType
+from typing import Any, AsyncIterator, Awaitable, Callable, overload
+
+from ..managers import BaseManager
+from ..proxies import BaseProxy
+
+__all__ = ["aio", "AsyncProxy", "AsyncManager"]
+
+class AsyncProxy:
+    """An async view of a proxy: every exposed method, and the named twins
+    of special methods (getitem, setitem, len, contains, ...), awaitable."""
+    def __init__(self, proxy: BaseProxy) -> None: ...
+    @property
+    def proxy(self) -> BaseProxy: ...
+    def repr(self) -> Awaitable[builtins.str]: ...
+    def str(self) -> Awaitable[builtins.str]: ...
+    def _getvalue(self) -> Awaitable[Any]: ...
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+    # what the view has besides depends on what its proxy exposes
+    def __getattr__(self, name: builtins.str) -> Callable[..., Awaitable[Any]]: ...
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> Any: ...
+
+class AsyncManager:
+    """An async view of a manager: ``await amgr.typeid(...)`` creates a
+    shared object and returns an async view of its proxy."""
+    def __init__(self, manager: BaseManager) -> None: ...
+    @property
+    def manager(self) -> BaseManager: ...
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[AsyncProxy]]: ...
+
+@overload
+def aio(target: BaseManager | AsyncManager) -> AsyncManager: ...  # type: ignore[overload-overlap]
+@overload
+def aio(target: object) -> AsyncProxy:
+    """A proxy's view (the stubs type a proxy as its referent: a queue.Queue,
+    a dict, ...; a fastmgr proxy is what aio() takes)."""
