@@ -1,0 +1,110 @@
+"""Hostile neighbours and misbehaving clients: what a manager server and
+its clients must withstand (see docs/security.md).
+
+Each server is ``fastmgr serve`` in its own process (``Served``), so that a
+test can starve it of descriptors or threads from outside and read its
+memory and CPU time from /proc.  Tests that play another local user run
+the attacker as ``nobody`` in a child with its own mount namespace and a
+private tmpfs on /dev/shm and /tmp (``in_namespace``); they need root and
+skip without it.  Every wait is bounded.
+"""
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import _hardening_helpers as H
+from fastmgr import _protocol as P
+from fastmgr.connection import Client
+from fastmgr.errors import RemoteError
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture
+def served():
+    started = []
+
+    def start(*args, **kwds):
+        srv = H.Served(*args, **kwds)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+class Worker(threading.Thread):
+    """fn(*args) in a thread; outcome() re-raises its exception."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error, self.result = fn, args, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:
+            self.error = exc
+
+    def outcome(self, timeout):
+        self.join(timeout)
+        assert not self.is_alive(), "still running after %s s" % timeout
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+# ---------------------------------------------------------------------------
+# empty keys: one rule for every source
+
+def _serve_with(keyfile=None, env_key=None):
+    env = H.child_env()
+    env.pop("FASTMGR_AUTHKEY", None)
+    if env_key is not None:
+        env["FASTMGR_AUTHKEY"] = env_key
+    args = [sys.executable, "-m", "fastmgr", "serve", H.SPEC, "--address", "127.0.0.1:0"]
+    if keyfile is not None:
+        args += ["--authkey-file", str(keyfile)]
+    try:
+        return subprocess.run(args, cwd=H.HERE, env=env, capture_output=True, text=True,
+                              timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fastmgr serve started with that key (still serving after 20 s)")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n", b"  \t\n", b"\n\n"],
+                         ids=["empty", "newline", "crlf", "blanks", "two-newlines"])
+def test_empty_key_file_is_refused(tmp_path, content):
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(content)
+    result = _serve_with(keyfile=keyfile)
+    assert result.returncode == 2, result
+    assert "empty or only whitespace" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n"], ids=["empty", "space", "blanks"])
+def test_empty_key_variable_is_refused(value):
+    result = _serve_with(env_key=value)
+    assert result.returncode == 2, result
+    assert "FASTMGR_AUTHKEY" in result.stderr
+
+
+def test_missing_key_is_refused_the_same_way(tmp_path):
+    result = _serve_with()
+    assert result.returncode == 2 and "FASTMGR_AUTHKEY" in result.stderr, result
+    result = _serve_with(keyfile=tmp_path / "absent")
+    assert result.returncode == 2 and "authkey file" in result.stderr, result
+
+
