@@ -69,7 +69,8 @@ class BaseManager:
 
         timeout: seconds each proxy call may take (None: no limit); a proxy
             overrides it with proxy._set_timeout(seconds). TimeoutError then.
-        connect_timeout: seconds to connect and authenticate (default 30).
+        connect_timeout: seconds to connect and authenticate (default: 30,
+            or timeout when that is shorter).
         ssl_context: an ssl.SSLContext: a server context (PROTOCOL_TLS_SERVER)
             serves TLS from get_server() or start(); a client context makes
             connect() and the proxies use TLS.

@@ -25,7 +25,8 @@ __all__ = ["Token", "BaseProxy", "AutoProxy", "MakeProxyType", "RebuildProxy"]
 
 RESP_RETURN = P.RESP_RETURN
 
-#: seconds a new connection may take to connect and authenticate, by default
+#: seconds a new connection may take to connect and authenticate, when
+#: neither connect_timeout nor a shorter timeout is given
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
 #: errnos of a connect that found no way to the manager (ManagerGone)
@@ -95,7 +96,7 @@ class Peer:
         self.held = {}                 # ident -> live proxies that own a reference
         self.dead = []                 # idents of proxies that died since the last flush
         self.timeout = None            # per-call timeout of new connections (seconds)
-        self.connect_timeout = DEFAULT_CONNECT_TIMEOUT
+        self.connect_timeout = None    # None: see connect_bound()
         self.ssl_context = None
         self.spin_us = None            # None: the process default (FASTMGR_SPIN_US)
 
@@ -110,10 +111,21 @@ class Peer:
         if spin_us is not None:
             self.spin_us = spin_us
 
+    def connect_bound(self):
+        """Seconds a new connection may take to connect and authenticate:
+        connect_timeout if given, else the call timeout when it is shorter
+        than the default (a manager told to give up on calls after a second
+        must not wait half a minute for a server that never answers)."""
+        if self.connect_timeout is not None:
+            return self.connect_timeout
+        if self.timeout is not None:
+            return min(self.timeout, DEFAULT_CONNECT_TIMEOUT)
+        return DEFAULT_CONNECT_TIMEOUT
+
     def _client(self):
         try:
             conn = Client(self.address, self.authkey, self.codec, hello=_Session.id,
-                          timeout=self.connect_timeout, ssl_context=self.ssl_context,
+                          timeout=self.connect_bound(), ssl_context=self.ssl_context,
                           ring=True)
         except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
                 BrokenPipeError, EOFError) as exc:

@@ -108,3 +108,23 @@ def test_missing_key_is_refused_the_same_way(tmp_path):
     assert result.returncode == 2 and "authkey file" in result.stderr, result
 
 
+# ---------------------------------------------------------------------------
+# connect() is bounded by timeout= when connect_timeout is not given
+
+@pytest.mark.parametrize("accepts", [False, True], ids=["backlog", "accepted"])
+def test_connect_is_bounded_by_timeout(accepts):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    held = []
+    if accepts:   # a server that takes the connection and never answers
+        threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    try:
+        mgr = H.HardManager(address=listener.getsockname(), authkey=H.AUTHKEY, timeout=1.0)
+        attempt = Worker(mgr.connect)
+        with pytest.raises((TimeoutError, OSError)):
+            attempt.outcome(10)      # the default connect_timeout is 30 s
+    finally:
+        listener.close()
+        for sock, _ in held:
+            sock.close()

@@ -481,7 +481,8 @@ def transport(request):
 
 
 def test_call_timeout_manager_default(host, transport, managers):
-    manager = started(managers, host, timeout=0.5, **transport)
+    # (connect_timeout: connecting would otherwise be bounded by timeout too)
+    manager = started(managers, host, timeout=0.5, connect_timeout=10, **transport)
     service = manager.Service()
     assert service.add(1, 1) == 2
     started_at = time.monotonic()
@@ -512,7 +513,7 @@ def test_call_timeout_per_proxy(host, managers):
     assert service.slow(0.6, "no limit") == "no limit"
 
     # a proxy's override wins over the manager's default, both ways
-    bounded = started(managers, host, timeout=0.3)
+    bounded = started(managers, host, timeout=0.3, connect_timeout=10)
     patient = bounded.Service()
     patient._set_timeout(3.0)
     assert patient.slow(0.6, "patient") == "patient"
