@@ -18,6 +18,7 @@ handshake, is served in the stdlib's format on a thread of its own
 import functools
 import itertools
 import logging
+import operator
 import queue
 import sys
 import threading
@@ -37,8 +38,9 @@ log = logging.getLogger("fastmgr.server")
 # flood of refused peers must not write to a stderr nobody reads
 log.addHandler(logging.NullHandler())
 
-#: the session of references held by proxies that live in the server itself
-LOCAL_SESSION = b"local"
+#: the session of references held by proxies that live in the server itself:
+#: not bytes, so that no client's hello (its session id) can name it
+LOCAL_SESSION = ("local",)
 
 #: objects whose calls run on their connection's own thread, as every call
 #: does in the stdlib's server: they may block, or an RLock's owner is the
@@ -141,6 +143,7 @@ class Server:
         self.mutex = threading.Lock()
         self.stop_event = threading.Event()
         self._idents = itertools.count(1)
+        self._private_sessions = itertools.count()
         self._connections = set()
         self.hub = wire.Hub(self.table, self.fallback, _start_thread, spin_us)
         self.stdlib_refusal = _stdlib_refusal(serializer, ssl_context, stdlib_clients)
@@ -222,6 +225,10 @@ class Server:
         if greeting.dialect == P.DIALECT_STDLIB:
             self._serve_stdlib(conn, sock, peer, greeting.digest)
             return
+        if not session:
+            # no session id: references private to this connection, so that
+            # clients without one cannot drop each other's
+            session = ("connection", next(self._private_sessions))
         log.info("connection from %s", who)
         self.hold_session(session, conn)
         control = self.control_class(self, session)
@@ -337,6 +344,11 @@ class Server:
         self.refcount[ident] = self.refcount.get(ident, 0) + count
 
     def incref(self, session, ident, count=1):
+        """Give session count more references to ident (count >= 1: a
+        session drops references only by decref, and only those it holds)."""
+        count = operator.index(count)
+        if count < 1:
+            raise ValueError("incref count must be at least 1, not %d" % count)
         with self.mutex:
             self._incref(session, ident, count)
 

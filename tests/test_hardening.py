@@ -67,6 +67,62 @@ class Worker(threading.Thread):
 
 
 # ---------------------------------------------------------------------------
+# reference counts: no client drops references it does not hold
+
+def _raw_client(srv, hello):
+    conn = Client(srv.address, H.AUTHKEY, hello=hello, timeout=10)
+    conn.timeout = 10
+    return conn
+
+
+def test_incref_below_one_is_refused(served):
+    srv = served()
+    mgr = srv.manager()
+    d = mgr.dict({"x": 1})
+    mgr._peer().control("incref", d._id)       # a second reference, held by this process
+    attacker = _raw_client(srv, os.urandom(16))
+    try:
+        for count in (0, -1, -1000):
+            kind, value = attacker.call(0, "incref", (d._id, count))
+            assert kind == P.RESP_ERROR, (kind, value)
+            assert "at least 1" in str(value[0])
+        kind, value = attacker.call(0, "incref", (d._id, 0.5))
+        assert kind == P.RESP_ERROR
+        # decrefs of references it does not hold change nothing
+        kind, _ = attacker.call(0, "decref_many", ([d._id] * 10000,))
+        assert kind == P.RESP_RETURN
+        for _ in range(10):
+            attacker.call(0, "decref", (d._id,))
+    finally:
+        attacker.close()
+    mgr._peer().control("decref", d._id)       # our own second reference goes
+    assert d["x"] == 1                         # and the first still works
+    assert mgr._number_of_objects() == 1
+
+
+def test_no_client_can_pose_as_the_server_itself(served):
+    """References held by proxies inside the server belong to a session no
+    client's hello can name."""
+    srv = served()
+    mgr = srv.manager()
+    inner = mgr.list([1, 2])
+    outer = mgr.dict()
+    outer["inner"] = inner                     # the server now holds a proxy of inner
+    ident = inner._id
+    del inner
+    mgr._peer().flush()
+    for hello in (b"local", b""):
+        attacker = _raw_client(srv, hello)
+        try:
+            for _ in range(3):
+                attacker.call(0, "decref", (ident,))
+        finally:
+            attacker.close()
+    # the list lives on (called by ident: its proxy in the server holds it)
+    assert mgr._peer().call(ident, "__len__") == (P.RESP_RETURN, 2)
+
+
+# ---------------------------------------------------------------------------
 # empty keys: one rule for every source
 
 def _serve_with(keyfile=None, env_key=None):
