@@ -26,6 +26,7 @@ from multiprocessing import pool, process
 
 from . import _handshake
 from . import _protocol as P
+from ._admission import Handshakes, Shortage, peer_error
 from ._backend import wire
 from ._stdlib_server import ClientProcesses, serve_stdlib_client
 from .connection import HANDSHAKE_TIMEOUT, Listener, answer_ring, sends_nothing
@@ -145,6 +146,8 @@ class Server:
         self._idents = itertools.count(1)
         self._private_sessions = itertools.count()
         self._connections = set()
+        self._shortage = Shortage()
+        self._handshakes = Handshakes()
         self.hub = wire.Hub(self.table, self.fallback, _start_thread, spin_us)
         self.stdlib_refusal = _stdlib_refusal(serializer, ssl_context, stdlib_clients)
         self.client_processes = ClientProcesses(self)
@@ -172,15 +175,36 @@ class Server:
             sys.exit(0)
 
     def accepter(self):
+        """Take in connections until closed.  Out of descriptors or threads,
+        it waits (see _admission.Shortage) and goes on: it never ends
+        before the server does."""
         while not self.stop_event.is_set():
             try:
                 sock, peer = self.listener.accept_socket()
-            except OSError:
+            except OSError as exc:
                 if self.listener._sock is None:
                     return
+                if not peer_error(exc):
+                    self._shortage.wait("accept a connection", exc)
                 continue
-            threading.Thread(target=self.handle_connection, args=(sock, peer),
-                             daemon=True).start()
+            while not self._start_handshake(sock, peer):
+                if self.stop_event.is_set():
+                    sock.close()
+                    return
+            self._shortage.recovered()
+
+    def _start_handshake(self, sock, peer):
+        """Authenticate sock in a thread of its own; False if no thread
+        could be started (after waiting a little: try again)."""
+        key = self._handshakes.begin(sock)
+        try:
+            threading.Thread(target=self.handle_connection, args=(sock, peer, key),
+                             name="fastmgr-handshake", daemon=True).start()
+        except (RuntimeError, MemoryError) as exc:  # "can't start new thread"
+            self._handshakes.done(key)
+            self._shortage.wait("start a thread to authenticate a new connection", exc)
+            return False
+        return True
 
     def shutdown(self):
         """Stop serving (serve_forever then returns and exits the process)."""
@@ -194,9 +218,10 @@ class Server:
         for conn in list(self._connections):
             conn.close()
 
-    def handle_connection(self, sock, peer=None):
+    def handle_connection(self, sock, peer=None, handshake=None):
         """Authenticate a new connection, then hand it to the hub (or, for a
-        client of plain multiprocessing.managers, serve it on this thread)."""
+        client of plain multiprocessing.managers, serve it on this thread).
+        handshake: its key in self._handshakes."""
         conn = None
         who = peer or "a local client"
         try:
@@ -217,13 +242,19 @@ class Server:
         except _handshake.StdlibRefused as exc:
             log.error("refused a client of multiprocessing.managers from %s: %s", who, exc)
             (conn or sock).close()
+            self._shortage.freed()
             return
         except (AuthenticationError, ProtocolError, OSError, EOFError, ValueError) as exc:
             log.warning("failed authentication from %s: %s", who, exc)
             (conn or sock).close()
+            self._shortage.freed()
             return
+        finally:
+            if handshake is not None:
+                self._handshakes.done(handshake)
         if greeting.dialect == P.DIALECT_STDLIB:
             self._serve_stdlib(conn, sock, peer, greeting.digest)
+            self._shortage.freed()
             return
         if not session:
             # no session id: references private to this connection, so that
@@ -265,6 +296,7 @@ class Server:
         elif exc is not None:
             log.error("error serving a connection", exc_info=exc)
         self.release_session(session, conn)
+        self._shortage.freed()
         log.info("disconnection of %s", peer or "a local client")
 
     def hold_session(self, session, conn=None):
@@ -460,4 +492,11 @@ def _stdlib_refusal(serializer, ssl_context, stdlib_clients):
 
 
 def _start_thread(fn, *args):
-    threading.Thread(target=fn, args=args, daemon=True).start()
+    """The hub's way to start its threads; a failure is logged here and
+    raised to the hub, which keeps serving what it can (see Hub)."""
+    try:
+        threading.Thread(target=fn, args=args, daemon=True).start()
+    except (RuntimeError, MemoryError) as exc:
+        log.warning("cannot start a thread for %s: %s",
+                    getattr(fn, "__name__", "the hub"), exc)
+        raise

@@ -9,6 +9,7 @@ private tmpfs on /dev/shm and /tmp (``in_namespace``); they need root and
 skip without it.  Every wait is bounded.
 """
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 import _hardening_helpers as H
 from fastmgr import _protocol as P
+from fastmgr._admission import MAX_PENDING
 from fastmgr.connection import Client
 from fastmgr.errors import RemoteError
 
@@ -64,6 +66,90 @@ class Worker(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+# ---------------------------------------------------------------------------
+# running out of descriptors and threads: the accept loop waits, logs once,
+# and serves again when they come back
+
+def test_accept_loop_at_the_descriptor_limit(served):
+    srv = served()
+    H.roundtrip(srv)
+    soft, hard = resource.prlimit(srv.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, (srv.status()["fds"] + 2, hard))
+    socks = []
+    try:
+        socks = H.silent_connections(srv.address, 8)   # the last ones stay in the backlog
+        assert H.wait_until(lambda: "cannot accept a connection" in srv.text(), 10), srv.tail()
+        # waiting, not spinning: a loop retrying accept() would take a whole CPU
+        before = H.cpu_seconds(srv.pid)
+        time.sleep(2.0)
+        used = H.cpu_seconds(srv.pid) - before
+        assert used < 0.2, "the server used %.2f s of CPU in 2 s at the descriptor limit" % used
+    finally:
+        for s in socks:
+            s.close()
+        resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    H.roundtrip(srv)
+    assert H.wait_until(lambda: "serving new connections again" in srv.text(), 10), srv.tail()
+    assert srv.text().count("cannot accept a connection") == 1, srv.tail()
+
+
+def _pids_cgroup():
+    root = "/sys/fs/cgroup/pids"
+    if not ROOT:
+        pytest.skip("needs root: it limits the server's threads with a pids cgroup")
+    if not os.path.exists(os.path.join(root, "cgroup.procs")):
+        pytest.skip("no cgroup v1 pids hierarchy at %s" % root)
+    path = os.path.join(root, "fastmgr-test-%d" % os.getpid())
+    os.mkdir(path)
+    return root, path
+
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def test_accept_loop_without_threads(served):
+    root, cgroup = _pids_cgroup()
+    srv = None
+    try:
+        srv = served()
+        H.roundtrip(srv)
+        _write(os.path.join(cgroup, "cgroup.procs"), str(srv.pid))
+        with open(os.path.join(cgroup, "pids.current")) as f:
+            _write(os.path.join(cgroup, "pids.max"), f.read().strip())
+        client = Worker(H.roundtrip, srv, 30)
+        assert H.wait_until(lambda: "cannot start a thread" in srv.text(), 10), srv.tail()
+        time.sleep(0.5)
+        assert client.is_alive(), "the client did not wait for the server"
+        _write(os.path.join(cgroup, "pids.max"), "max")
+        client.outcome(40)
+        H.roundtrip(srv)
+        assert "serving new connections again" in srv.text(), srv.tail()
+    finally:
+        if srv is not None and srv.alive():
+            _write(os.path.join(root, "cgroup.procs"), str(srv.pid))
+            srv.stop()
+        os.rmdir(cgroup)
+
+
+def test_silent_peers_cannot_keep_clients_out(served):
+    srv = served()
+    H.roundtrip(srv)
+    base = srv.status()
+    socks = H.silent_connections(srv.address, 2 * MAX_PENDING + 50)
+    try:
+        # every silent peer has been taken in (or cut off) by now
+        assert H.wait_until(lambda: "cut off the oldest" in srv.text(), 20), srv.tail()
+        H.roundtrip(srv)
+        threads = srv.status()["threads"]
+        assert threads <= base["threads"] + MAX_PENDING + 8, (threads, base)
+    finally:
+        for s in socks:
+            s.close()
+    H.roundtrip(srv)
 
 
 # ---------------------------------------------------------------------------
