@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-import _hardening_helpers as H
+from helpers import hardening as H
+from helpers.common import Worker
 from fastmgr import _protocol as P
 from fastmgr._admission import MAX_PENDING
 from fastmgr.connection import Client
@@ -44,28 +45,6 @@ def served():
     yield start
     for srv in started:
         srv.stop()
-
-
-class Worker(threading.Thread):
-    """fn(*args) in a thread; outcome() re-raises its exception."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args, self.error, self.result = fn, args, None, None
-        self.start()
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:
-            self.error = exc
-
-    def outcome(self, timeout):
-        self.join(timeout)
-        assert not self.is_alive(), "still running after %s s" % timeout
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +199,7 @@ def _serve_with(keyfile=None, env_key=None):
     if keyfile is not None:
         args += ["--authkey-file", str(keyfile)]
     try:
-        return subprocess.run(args, cwd=H.HERE, env=env, capture_output=True, text=True,
+        return subprocess.run(args, cwd=H.TESTS, env=env, capture_output=True, text=True,
                               timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail("fastmgr serve started with that key (still serving after 20 s)")

@@ -20,8 +20,9 @@ import time
 from fastmgr import SyncManager
 
 AUTHKEY = b"hardening-key"
-HERE = os.path.dirname(os.path.abspath(__file__))
-SPEC = "_hardening_helpers:HardManager"
+#: the tests directory: ``fastmgr serve`` runs there and imports SPEC
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = "helpers.hardening:HardManager"
 
 
 class Echo:
@@ -43,12 +44,12 @@ HardManager.register("Echo", Echo)
 
 def child_env(**extra):
     """The environment of a child Python: it imports fastmgr from where we
-    do, and this module from the tests directory."""
+    do, and helpers.hardening from the tests directory."""
     import fastmgr
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastmgr.__file__)))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, root, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, root, env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
@@ -99,7 +100,7 @@ class Served:
         command = [sys.executable, "-m", "fastmgr", "serve", SPEC, "--address", address,
                    "--serializer", serializer, "--log-level", "DEBUG"] + list(args)
         self.proc = subprocess.Popen(
-            command, cwd=HERE, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+            command, cwd=TESTS, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
             env=child_env(FASTMGR_AUTHKEY=AUTHKEY.decode(), **(env or {})))
         self.pid = self.proc.pid
         self.address = None
