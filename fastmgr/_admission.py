@@ -7,6 +7,9 @@ connection cannot be authenticated.  ``Shortage`` makes the loop wait then
 its descriptor and thread back) and logs the first failure and the
 recovery, not every retry.
 
+Anyone who can reach the address can fail to authenticate as often as it
+likes; ``LogQuota`` keeps the warnings about it from filling the log.
+
 A peer that connects and never finishes the handshake holds a descriptor
 and a thread until the handshake timeout.  ``Handshakes`` keeps at most
 ``MAX_PENDING`` of them: past that the oldest is cut off, so that such peers
@@ -21,7 +24,7 @@ import socket
 import threading
 import time
 
-__all__ = ["Shortage", "Handshakes", "MAX_PENDING", "peer_error"]
+__all__ = ["Shortage", "Handshakes", "LogQuota", "MAX_PENDING", "peer_error"]
 
 log = logging.getLogger("fastmgr.server")
 
@@ -138,3 +141,30 @@ def _cut(spare):
     except OSError:
         pass
     spare.close()
+
+
+class LogQuota:
+    """At most `burst` messages at once, then one a second (a token
+    bucket); the count of those left out goes with the next one logged."""
+
+    def __init__(self, burst=10, per_second=1.0):
+        self._burst = burst
+        self._rate = per_second
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+        self.left_out = 0
+
+    def take(self):
+        """None if this message must be left out, else how many were left
+        out since the last one logged."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+            self._at = now
+            if self._tokens < 1:
+                self.left_out += 1
+                return None
+            self._tokens -= 1
+            left_out, self.left_out = self.left_out, 0
+            return left_out

@@ -26,7 +26,7 @@ from multiprocessing import pool, process
 
 from . import _handshake
 from . import _protocol as P
-from ._admission import Handshakes, Shortage, peer_error
+from ._admission import Handshakes, LogQuota, Shortage, peer_error
 from ._backend import wire
 from ._stdlib_server import ClientProcesses, serve_stdlib_client
 from .connection import HANDSHAKE_TIMEOUT, Listener, answer_ring, sends_nothing
@@ -148,6 +148,7 @@ class Server:
         self._connections = set()
         self._shortage = Shortage()
         self._handshakes = Handshakes()
+        self._failures_logged = LogQuota()
         self.hub = wire.Hub(self.table, self.fallback, _start_thread, spin_us)
         self.stdlib_refusal = _stdlib_refusal(serializer, ssl_context, stdlib_clients)
         self.client_processes = ClientProcesses(self)
@@ -240,12 +241,13 @@ class Server:
                 answer_ring(conn, sock)
             conn.timeout = None
         except _handshake.StdlibRefused as exc:
-            log.error("refused a client of multiprocessing.managers from %s: %s", who, exc)
+            self._log_refusal(log.error, "refused a client of multiprocessing.managers from %s: %s",
+                              who, exc)
             (conn or sock).close()
             self._shortage.freed()
             return
         except (AuthenticationError, ProtocolError, OSError, EOFError, ValueError) as exc:
-            log.warning("failed authentication from %s: %s", who, exc)
+            self._log_refusal(log.warning, "failed authentication from %s: %s", who, exc)
             (conn or sock).close()
             self._shortage.freed()
             return
@@ -281,8 +283,17 @@ class Server:
             pass
         finally:
             conn.close()
-        log.error("refused a client without TLS from %s: this server requires TLS (a client "
-                  "of plain multiprocessing.managers cannot speak it)", who)
+        self._log_refusal(log.error, "refused a client without TLS from %s: this server requires "
+                          "TLS (a client of plain multiprocessing.managers cannot speak it)", who)
+
+    def _log_refusal(self, method, message, *args):
+        """Log a peer refused before it authenticated, within the quota
+        (anyone who can reach the address can be refused as often as it
+        likes): the count of those left out goes with the next one."""
+        left_out = self._failures_logged.take()
+        if left_out is not None:
+            method(message + (" (and %d more refusals not logged)" % left_out if left_out else ""),
+                   *args)
 
     def _serve_stdlib(self, conn, sock, peer, digest):
         with self.mutex:

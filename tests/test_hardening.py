@@ -131,6 +131,17 @@ def test_silent_peers_cannot_keep_clients_out(served):
     H.roundtrip(srv)
 
 
+def test_failed_authentications_do_not_flood_the_log(served):
+    from fastmgr import AuthenticationError
+    srv = served()
+    for _ in range(200):
+        with pytest.raises((AuthenticationError, OSError, EOFError)):
+            Client(srv.address, b"wrong key", timeout=10).close()
+    H.roundtrip(srv)
+    logged = srv.text().count("failed authentication")
+    assert 10 <= logged <= 40, "%d warnings for 200 failed authentications" % logged
+
+
 # ---------------------------------------------------------------------------
 # reference counts: no client drops references it does not hold
 
