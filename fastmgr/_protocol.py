@@ -160,6 +160,17 @@ With the ``safe`` serializer nothing is ever pickled or unpickled: an
 object that needs pickle raises ``UnsafeValueError`` on the sending side, and
 a pickle tag on the receiving side raises ``ProtocolError``.
 
+Without pickle (``safe``, ``xmlrpclib``) a decoded dict may hold at most
+``SAME_HASH_MAX`` keys of one exact hash value; one more raises
+``ProtocolError`` before it is inserted.  Keys of equal hash make a dict
+probe the same slots again and again: n of them cost n*n/2 probes, and one
+message of crafted int keys (``k * (2**61 - 1) + c`` all hash to ``c``)
+would hold the server for seconds.  Distinct keys of one hash are rare in
+real data.  Not counted: ints of magnitude below the hash modulus
+(``sys.hash_info.modulus``; no two of them share a hash, but for -1 and -2),
+and str and bytes keys while their hashes are randomised
+(``sys.flags.hash_randomization``).
+
 Envelope
 --------
 Request body::
@@ -260,6 +271,8 @@ MAX_DEPTH = 64
 #: the largest spin budget a wait may have, µs (not a wire format, but a
 #: limit both wires enforce alike: set_spin(), FASTMGR_SPIN_US)
 MAX_SPIN_US = 10000
+#: without pickle, the most keys of one exact hash value a decoded dict may hold
+SAME_HASH_MAX = 8
 
 # value tags
 T_NONE = 0x00

@@ -167,6 +167,8 @@ cdef class Codec:
                                  object method, object args, object kwds) except -1
     cdef int encode_response_into(self, WriteBuffer buf, int kind, object value) except -1
     cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth)
+    cdef dict _decode_dict(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                           Py_ssize_t count, int depth)
     cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos)
     cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n)
     cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n)

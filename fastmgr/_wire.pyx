@@ -60,9 +60,9 @@ from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_Hash
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -77,11 +77,12 @@ from fastmgr._wirelib.posix cimport *
 
 import os as _os
 import socket as _socket
+import sys as _sys
 import traceback as _traceback
 
 from . import _pickling
 from ._handshake import answer_challenge, deliver_challenge
-from ._protocol import COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SERIALIZERS
+from ._protocol import COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SAME_HASH_MAX, SERIALIZERS
 from ._settings import SPIN_US, SPIN_YIELD
 from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 

@@ -10,6 +10,7 @@ import select
 import socket
 import ssl
 import struct
+import sys
 import time
 import traceback
 
@@ -31,6 +32,7 @@ from ._protocol import (
     RESP_FAILURE,
     RESP_PROXY,
     RESP_RETURN,
+    SAME_HASH_MAX,
     SERIALIZERS,
     T_BIGINT,
     T_BYTES,
@@ -53,6 +55,11 @@ _U32_LIMIT = 1 << 32
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _REQUEST_KINDS = (REQ_CALL, REQ_ONEWAY)
+#: dict keys not counted by the SAME_HASH_MAX rule: str and bytes while their
+#: hashes are randomised, and ints below the hash modulus in magnitude (no two
+#: of them share a hash, but for -1 and -2)
+_UNCOUNTED_KEYS = (str, bytes) if sys.flags.hash_randomization else ()
+_HASH_MODULUS = sys.hash_info.modulus
 _RESPONSE_KINDS = (RESP_RETURN, RESP_ERROR, RESP_FAILURE, RESP_PROXY)
 
 _u8 = struct.Struct("<B")
@@ -235,10 +242,14 @@ class Codec:
             pos += 4
             if tag == T_DICT:
                 result = {}
+                # without pickle, keys of one hash are counted (SAME_HASH_MAX)
+                counts = {} if self.serializer != "pickle" and n > SAME_HASH_MAX else None
                 for _ in range(n):
                     key, pos = self._decode(data, pos, depth)
                     value, pos = self._decode(data, pos, depth)
                     try:
+                        if counts is not None and _counted_key(key):
+                            _count_hash(counts, hash(key))
                         result[key] = value
                     except TypeError as exc:
                         raise ProtocolError("unusable dict key: %s" % exc) from None
@@ -298,6 +309,24 @@ class Codec:
         value, pos = self._decode(data, 1, 0)
         _expect_end(data, pos)
         return kind, value
+
+
+def _counted_key(key):
+    """Whether the SAME_HASH_MAX rule counts key."""
+    if type(key) is int:
+        return not -_HASH_MODULUS < key < _HASH_MODULUS
+    return type(key) not in _UNCOUNTED_KEYS
+
+
+def _count_hash(counts, h):
+    """One more key of hash h in a dict being decoded (counts: hash -> keys;
+    a dict keyed by hash values, which no one can make collide more than a
+    few times); past SAME_HASH_MAX, ProtocolError."""
+    seen = counts.get(h, 0) + 1
+    if seen > SAME_HASH_MAX:
+        raise ProtocolError("a dict with more than %d keys of one hash value: refused "
+                            "without pickle (see SAME_HASH_MAX)" % SAME_HASH_MAX)
+    counts[h] = seen
 
 
 def _read(data, pos, n):

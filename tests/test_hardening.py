@@ -260,3 +260,100 @@ def test_connect_is_bounded_by_timeout(accepts):
         listener.close()
         for sock, _ in held:
             sock.close()
+
+
+# ---------------------------------------------------------------------------
+# 'safe': one message of keys crafted to collide in a dict cannot stall
+# everyone (a dict with more than SAME_HASH_MAX keys of one hash is refused)
+
+HASH_MODULUS = 2 ** 61 - 1      # sys.hash_info.modulus on 64-bit builds
+
+
+def colliding_ints(n, c=7):
+    """n distinct ints whose hash() is c, all counted by the rule (ints
+    below the modulus in magnitude are not: no two share a hash)."""
+    return [k * HASH_MODULUS + c for k in range(1, n + 1)]
+
+
+def dict_bytes(codec, keys):
+    """The encoding of {key: None for key in keys}, built without the dict
+    (building it would be quadratic for colliding keys)."""
+    import struct
+    return (bytes([P.T_DICT]) + struct.pack("<I", len(keys))
+            + b"".join(codec.dumps(k) + codec.dumps(None) for k in keys))
+
+
+@pytest.mark.parametrize("serializer", ["safe", "xmlrpclib"])
+def test_a_dict_of_colliding_keys_is_refused_without_pickle(wire, serializer):
+    from fastmgr.errors import ProtocolError
+    codec = wire.Codec(serializer)
+    keys = colliding_ints(P.SAME_HASH_MAX)
+    assert codec.loads(dict_bytes(codec, keys)) == dict.fromkeys(keys)
+    for keys in (colliding_ints(P.SAME_HASH_MAX + 1),
+                 colliding_ints(20000),
+                 # any type counts: floats and ints of one hash
+                 [2.0 ** (61 * k) for k in range(1, 6)] + colliding_ints(4, 1)):
+        with pytest.raises(ProtocolError, match="keys of one hash"):
+            codec.loads(dict_bytes(codec, keys))
+    # nested anywhere in a request: args = ([crafted dict],)
+    import struct
+    body = (struct.pack("<BQ", P.REQ_CALL, 1) + codec.dumps("m")
+            + bytes([P.T_TUPLE]) + struct.pack("<I", 1) + bytes([P.T_LIST])
+            + struct.pack("<I", 1) + dict_bytes(codec, colliding_ints(P.SAME_HASH_MAX + 1))
+            + codec.dumps(None))
+    with pytest.raises(ProtocolError, match="keys of one hash"):
+        codec.decode_request(body)
+
+
+def test_pickle_codec_keeps_the_stdlib_behaviour(wire):
+    codec = wire.Codec("pickle")
+    keys = colliding_ints(P.SAME_HASH_MAX + 5)
+    assert codec.loads(dict_bytes(codec, keys)) == dict.fromkeys(keys)
+
+
+def test_ordinary_dicts_are_never_refused(wire):
+    codec = wire.Codec("safe")
+    samples = [
+        dict.fromkeys([7] + colliding_ints(P.SAME_HASH_MAX)),   # small ints are not counted
+        {i: i for i in range(5000)},
+        {-1: "a", -2: "b"},                                  # hash(-1) == hash(-2)
+        {str(i): i for i in range(5000)},
+        {(i, -i): i for i in range(3000)},
+        {i * 0.5: i for i in range(3000)},
+        {b"%d" % i: None for i in range(1000)},
+        {None: 1, True: 2, 0: 3, 2.5: 4, "s": 5, (1, "x"): 6},
+    ]
+    for value in samples:
+        assert codec.loads(codec.dumps(value)) == value
+
+
+def test_one_colliding_message_does_not_stall_other_clients(served):
+    import struct
+    from fastmgr._backend import wire
+    srv = served(serializer="safe")
+    mgr = srv.manager(serializer="safe")
+    echo = mgr.Echo()
+    codec = wire.Codec("safe")
+    body = (struct.pack("<BQ", P.REQ_CALL, echo._id) + codec.dumps("size")
+            + bytes([P.T_TUPLE]) + struct.pack("<I", 1)
+            + dict_bytes(codec, colliding_ints(30000)) + codec.dumps(None))
+    attacker = Client(srv.address, H.AUTHKEY, codec=codec, timeout=10)
+    raw = socket.socket(fileno=os.dup(attacker.fileno()))
+    try:
+        raw.sendall(wire.frame(body))
+        time.sleep(0.2)       # the server is at it now (unbounded: ~10 s of one CPU)
+        # another client, new to the server, is served meanwhile
+        def another_client():
+            other = H.HardManager(address=srv.address, authkey=H.AUTHKEY, serializer="safe")
+            other.connect()
+            return other.dict({"a": 1})["a"]
+        assert Worker(another_client).outcome(5) == 1
+        # and the attacker's connection is closed, its message refused
+        raw.settimeout(10)
+        assert raw.recv(1) == b""
+    finally:
+        raw.close()
+        attacker.close()
+    assert "keys of one hash" in srv.text()
+
+

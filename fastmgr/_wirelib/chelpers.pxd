@@ -36,6 +36,13 @@ cdef extern from "fm_spin.h" nogil:
     uint64_t fm_count_read(uint64_t* count)
     void fm_count_catch()
 
+cdef extern from "fm_hashcount.h" nogil:
+    ctypedef struct fm_hash_slot:      # keys counted per hash value (codec.pxi)
+        Py_hash_t hash
+        uint32_t count
+    uint64_t fm_hash_seed              # keys the table's mix: random per process
+    uint32_t fm_hash_count(fm_hash_slot* slots, size_t mask, Py_hash_t h)
+
 cdef extern from "fm_ring.h" nogil:
     ctypedef struct fm_ring:
         uint32_t reader_waiting

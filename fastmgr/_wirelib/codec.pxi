@@ -11,6 +11,25 @@ cdef int _serializer_mode(str serializer) except -1:
     raise ValueError("unknown serializer %r (choose from %s)" % (serializer, ", ".join(SERIALIZERS)))
 
 
+
+# Dict keys the SAME_HASH_MAX rule does not count: ints of magnitude below
+# the hash modulus (no two of them share a hash, but for -1 and -2), and str
+# and bytes while their hashes are randomised.
+cdef long long c_hash_modulus = _sys.hash_info.modulus
+cdef bint g_hash_randomized = _sys.flags.hash_randomization != 0
+fm_hash_seed = int.from_bytes(_os.urandom(8), "little")
+
+
+cdef inline int _counted_key(object key) except -1:
+    """Whether the SAME_HASH_MAX rule counts key."""
+    cdef type t = type(key)
+    cdef long long v
+    cdef int overflow = 0
+    if t is int:
+        v = PyLong_AsLongLongAndOverflow(key, &overflow)
+        return overflow != 0 or v >= c_hash_modulus or v <= -c_hash_modulus
+    return not (g_hash_randomized and (t is str or t is bytes))
+
 @cython.final
 cdef class Codec:
     """Encodes values and envelopes (see _protocol.py)."""
@@ -220,6 +239,8 @@ cdef class Codec:
             count = <Py_ssize_t>length
             pos[0] = at
             if tag == T_DICT:
+                if not self.may_pickle and count > c_same_hash_max:
+                    return self._decode_dict(p, n, pos, count, depth)  # keys counted per hash
                 result = {}
                 for i in range(count):
                     key = self._decode(p, n, pos, depth + 1)
@@ -259,6 +280,50 @@ cdef class Codec:
         if not self.may_pickle:
             raise ProtocolError("the %r serializer refuses pickled data" % self.serializer)
         return _pickling.loads(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length))
+
+    cdef dict _decode_dict(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                           Py_ssize_t count, int depth):
+        """_decode() of a dict of count entries (more than SAME_HASH_MAX)
+        without pickle: a key that would be the SAME_HASH_MAX + 1st of its
+        hash value raises ProtocolError before it goes in (see
+        _protocol.py)."""
+        cdef dict result = {}
+        cdef object key, item
+        cdef Py_ssize_t i
+        cdef int64_t v
+        cdef bint counted
+        cdef size_t cap = 16
+        cdef fm_hash_slot* slots = NULL
+        try:
+            for i in range(count):
+                # an int64 key is judged by its bytes (no call in the common
+                # case), any other once decoded
+                if n - pos[0] >= 9 and p[pos[0]] == T_INT64:
+                    v = <int64_t>fm_get_u64le(p + pos[0] + 1)
+                    counted = v >= c_hash_modulus or v <= -c_hash_modulus
+                    key = self._decode(p, n, pos, depth + 1)
+                else:
+                    key = self._decode(p, n, pos, depth + 1)
+                    counted = _counted_key(key)
+                item = self._decode(p, n, pos, depth + 1)
+                try:
+                    if counted:
+                        if slots == NULL:
+                            while cap < 2 * <size_t>count:
+                                cap *= 2
+                            slots = <fm_hash_slot*>PyMem_Calloc(cap, sizeof(fm_hash_slot))
+                            if slots == NULL:
+                                raise MemoryError()
+                        if fm_hash_count(slots, cap - 1, PyObject_Hash(key)) > c_same_hash_max:
+                            raise ProtocolError(
+                                "a dict with more than %d keys of one hash value: refused "
+                                "without pickle (see SAME_HASH_MAX)" % c_same_hash_max)
+                    PyDict_SetItem(result, key, item)
+                except TypeError as exc:
+                    raise ProtocolError("bad dict key: %s" % exc) from None
+        finally:
+            PyMem_Free(slots)
+        return result
 
     cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
         """Decode the last value of a message: no bytes may follow it."""

@@ -6,6 +6,7 @@ cdef double NO_TIMEOUT = -1.0
 # _protocol.py's numbers that the compiled code reads as C values
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
+cdef uint32_t c_same_hash_max = SAME_HASH_MAX
 # lengths in the codec are u32: a str, bytes or container this long is pickled
 # (sizes are compared as uint64_t: a Py_ssize_t may be too narrow to hold it)
 cdef uint64_t U32_LIMIT = 0x100000000
@@ -50,4 +51,5 @@ def _constants():
         "MAX_SPIN_US": MAX_SPIN_US, "DETOUR_MIN": DETOUR_MIN, "DETOUR_MARK": DETOUR_MARK,
         "RING_CAPACITY": FM_RING_CAP,
         "MAX_DEPTH": c_max_depth, "COPY_THRESHOLD": c_copy_threshold,
+        "SAME_HASH_MAX": c_same_hash_max,
     }
