@@ -273,6 +273,10 @@ MAX_DEPTH = 64
 MAX_SPIN_US = 10000
 #: without pickle, the most keys of one exact hash value a decoded dict may hold
 SAME_HASH_MAX = 8
+#: a server's bound per connection on unread request bytes plus unsent reply
+#: bytes: while a reply waits for its peer to read, the server reads ahead only
+#: up to it (one larger message is still received, or sent, whole)
+BACKLOG_MAX = 4 << 20
 
 # value tags
 T_NONE = 0x00

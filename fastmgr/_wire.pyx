@@ -63,6 +63,7 @@ from cpython.long cimport PyLong_FromLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject, PyObject_Hash
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -82,7 +83,8 @@ import traceback as _traceback
 
 from . import _pickling
 from ._handshake import answer_challenge, deliver_challenge
-from ._protocol import COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SAME_HASH_MAX, SERIALIZERS
+from ._protocol import (BACKLOG_MAX, COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SAME_HASH_MAX,
+                        SERIALIZERS)
 from ._settings import SPIN_US, SPIN_YIELD
 from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 

@@ -263,6 +263,89 @@ def test_connect_is_bounded_by_timeout(accepts):
 
 
 # ---------------------------------------------------------------------------
+# a client that sends and never reads: the server reads no further than a
+# bound per connection, and serves everyone else meanwhile
+
+#: what one flooding connection may add to the server's RSS: the bound on
+#: read-ahead (BACKLOG, 4 MiB, up to twice that in the buffer), the reply
+#: being sent and the request being run (1 MiB each), and allocator slack
+FLOOD_RSS_MAX_KB = 40 * 1024
+
+
+def _flood(served_, flood, frame, count):
+    """Run flood with count frames in a thread; meanwhile sample the
+    server's RSS and check a legitimate client is served.  Returns the
+    largest RSS growth seen (kB) and how many frames got out."""
+    base = served_.status()["rss_kb"]
+    worker = Worker(flood.run, frame, count)
+    peak, rounds = 0, 0
+    while worker.is_alive():
+        H.roundtrip(served_, fresh=False)
+        rounds += 1
+        peak = max(peak, served_.status()["rss_kb"] - base)
+        time.sleep(0.05)
+    sent = worker.outcome(5)
+    H.roundtrip(served_, fresh=False)
+    peak = max(peak, served_.status()["rss_kb"] - base)
+    assert rounds > 0
+    return peak, sent
+
+
+@pytest.mark.parametrize("size", [1 << 20, 64 << 10], ids=["1MiB", "64KiB"])
+def test_a_client_that_never_reads_over_tcp(served, size):
+    srv = served()
+    mgr, keep, ident = H.echo_ident(srv)
+    H.roundtrip(srv, fresh=False)
+    count = (220 << 20) // size
+    flood = H.SocketFlood(srv.address)
+    try:
+        peak, sent = _flood(srv, flood, H.echo_frame(ident, size), count)
+    finally:
+        flood.close()
+    assert peak < FLOOD_RSS_MAX_KB, "server RSS grew %d kB (%d requests of %d bytes sent)" % (
+        peak, sent, size)
+    assert sent < count, "the server read all %d requests without sending a reply" % count
+    assert srv.alive()
+
+
+@pytest.mark.parametrize("size", [1 << 20, 200 << 10], ids=["1MiB-detours", "200KiB-ring"])
+def test_a_client_that_never_reads_through_the_rings(served, tmp_path, size):
+    from fastmgr._backend import wire
+    if wire.IMPLEMENTATION != "compiled":
+        pytest.skip("the pure-Python wire has no rings")
+    srv = served(address=str(tmp_path / "m.sock"))
+    mgr, keep, ident = H.echo_ident(srv)
+    H.roundtrip(srv, fresh=False)
+    count = (220 << 20) // size
+    flood = H.RingFlood(srv.address)
+    try:
+        peak, sent = _flood(srv, flood, H.echo_frame(ident, size), count)
+    finally:
+        flood.close()
+    assert peak < FLOOD_RSS_MAX_KB, "server RSS grew %d kB (%d requests of %d bytes sent)" % (
+        peak, sent, size)
+    assert sent < count
+    assert srv.alive()
+
+
+@pytest.mark.parametrize("where", ["tcp", "unix"])
+def test_pipelining_thousands_of_calls_still_works(served, tmp_path, where):
+    """A client that sends far more than the bound before it reads: its
+    sends wait for the server, which waits for it to read; neither blocks
+    the other for good."""
+    import fastmgr
+    srv = served(address=str(tmp_path / "m.sock") if where == "unix" else "127.0.0.1:0")
+    mgr = srv.manager()
+    echo = mgr.Echo()
+    blob = bytes(10 << 10)
+    with fastmgr.pipeline(mgr):
+        pending = [echo.size(blob + bytes(i % 7)) for i in range(3000)]
+        big = [echo.echo(bytes(1 << 20)) for _ in range(12)]
+    assert [p.result() for p in pending] == [len(blob) + i % 7 for i in range(3000)]
+    assert all(len(p.result()) == 1 << 20 for p in big)
+
+
+# ---------------------------------------------------------------------------
 # 'safe': one message of keys crafted to collide in a dict cannot stall
 # everyone (a dict with more than SAME_HASH_MAX keys of one hash is refused)
 

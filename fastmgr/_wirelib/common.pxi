@@ -7,6 +7,7 @@ cdef double NO_TIMEOUT = -1.0
 cdef int c_max_depth = MAX_DEPTH
 cdef Py_ssize_t c_copy_threshold = COPY_THRESHOLD
 cdef uint32_t c_same_hash_max = SAME_HASH_MAX
+cdef Py_ssize_t c_backlog_max = BACKLOG_MAX
 # lengths in the codec are u32: a str, bytes or container this long is pickled
 # (sizes are compared as uint64_t: a Py_ssize_t may be too narrow to hold it)
 cdef uint64_t U32_LIMIT = 0x100000000
@@ -24,6 +25,15 @@ cdef int _os_error(int err) except -1:
     fm_set_errno(err)
     PyErr_SetFromErrno(OSError)
     return -1
+
+
+cdef inline size_t _iov_bytes(iovec* iov, int count) noexcept nogil:
+    """The bytes of iov[0:count]."""
+    cdef size_t n = 0
+    cdef int i
+    for i in range(count):
+        n += iov[i].iov_len
+    return n
 
 
 cdef inline double _now() noexcept nogil:
@@ -51,5 +61,5 @@ def _constants():
         "MAX_SPIN_US": MAX_SPIN_US, "DETOUR_MIN": DETOUR_MIN, "DETOUR_MARK": DETOUR_MARK,
         "RING_CAPACITY": FM_RING_CAP,
         "MAX_DEPTH": c_max_depth, "COPY_THRESHOLD": c_copy_threshold,
-        "SAME_HASH_MAX": c_same_hash_max,
+        "SAME_HASH_MAX": c_same_hash_max, "BACKLOG_MAX": c_backlog_max,
     }

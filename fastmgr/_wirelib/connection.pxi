@@ -319,22 +319,39 @@ cdef void _shrink(Connection conn) noexcept:
             conn.rstart = conn.rend = 0
 
 
-cdef int _read_available(Connection conn) except -1:
+cdef inline bint _backlog_full(Connection conn, size_t unsent) noexcept nogil:
+    """Whether a server's connection holds all it may of unread requests
+    plus unsent replies (backlog_max; unsent: what the send that waits has
+    left): it then reads no more until its replies drain, as a stdlib
+    server would, and a client that sends and never reads cannot grow it."""
+    return (conn.backlog_max > 0
+            and <size_t>(conn.rend - conn.rstart) + unsent >= <size_t>conn.backlog_max)
+
+
+cdef int _read_available(Connection conn, size_t unsent) except -1:
     """Read what has arrived into rbuf without blocking (growing it if
-    full): used while a send waits, so that two peers that both write a
-    lot cannot block each other forever.  Returns 1 if the peer has closed
-    its side (nothing more will come), else 0."""
+    full): used while a send of unsent more bytes waits, so that two peers
+    that both write a lot cannot block each other forever; a server's
+    connection reads only up to its backlog_max.  Returns 1 if the peer has
+    closed its side (nothing more will come), else 0."""
     cdef ssize_t got
+    cdef Py_ssize_t most = PY_SSIZE_T_MAX
+    if conn.backlog_max > 0:
+        if _backlog_full(conn, unsent):
+            return 0
+        most = conn.backlog_max - (conn.rend - conn.rstart) - <Py_ssize_t>unsent
     if conn.rend == conn.rcap:
         _grow_rbuf(conn)
+    if most > conn.rcap - conn.rend:
+        most = conn.rcap - conn.rend
     if conn.rx != NULL:
-        if _ring_read(conn) > 0:
+        if _ring_read(conn, most) > 0:
             return 0
         got = _take_wakeups(conn, MSG_DONTWAIT)
         if got == -2:
             return _ring_corrupt(conn)
         return got == 0
-    return _sock_read_available(conn)
+    return _sock_read_available(conn, most)
 
 
 # -- sending ------------------------------------------------------------------

@@ -9,12 +9,13 @@ cdef bint _detour_here(Connection conn) noexcept nogil:
     return conn.rx_detour_left > 0 or fm_detour_here(conn.rx, conn.rx_head)
 
 
-cdef Py_ssize_t _detour_in(Connection conn, double deadline, bint block) except -1:
-    """Move a detour's bytes from the socket into rbuf (room
-    permitting): first any wake-up bytes and its marker.  Returns the
-    bytes moved; without block, 0 if none had come or at EOF (which
-    the caller's next look at the socket sees).  Precondition:
-    _detour_here(), rcap > rend."""
+cdef Py_ssize_t _detour_in(Connection conn, double deadline, bint block,
+                           Py_ssize_t most=PY_SSIZE_T_MAX) except -1:
+    """Move a detour's bytes from the socket into rbuf (room permitting,
+    and at most most bytes): first any wake-up bytes and its marker.
+    Returns the bytes moved; without block, 0 if none had come or at EOF
+    (which the caller's next look at the socket sees).  Precondition:
+    _detour_here(), rcap > rend, most > 0."""
     cdef unsigned char mark = 0
     cdef unsigned char* dst
     cdef size_t want
@@ -25,7 +26,7 @@ cdef Py_ssize_t _detour_in(Connection conn, double deadline, bint block) except 
             dst, want = &mark, 1
         else:
             dst = conn.rbuf + conn.rend
-            want = <size_t>min(conn.rx_detour_left, <uint64_t>(conn.rcap - conn.rend))
+            want = <size_t>min(conn.rx_detour_left, <uint64_t>min(conn.rcap - conn.rend, most))
         if block and deadline < 0:
             _check_signals(conn)
             with nogil:
@@ -79,7 +80,7 @@ cdef int _detour_send(Connection conn, iovec* iov, int count, size_t total) exce
     cdef unsigned char mark = DETOUR_MARK
     cdef double deadline = _deadline(conn)
     while fm_detour_pending(conn.tx):
-        _wait_for_tx(conn, True, deadline)
+        _wait_for_tx(conn, True, deadline, total)
     marked[0].iov_base = &mark
     marked[0].iov_len = 1
     memcpy(&marked[1], iov, count * sizeof(iovec))

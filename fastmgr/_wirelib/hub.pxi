@@ -59,6 +59,7 @@ cdef class Hub:
         cdef _Served s = _Served()
         s.conn, s.control, s.make_proxy, s.finished = conn, control, make_proxy, finished
         s.reply = _Reply()
+        conn.backlog_max = c_backlog_max  # a server's connection (see _backlog_full)
         if self.closed:
             raise OSError("the hub is closed")
         if not self.started:

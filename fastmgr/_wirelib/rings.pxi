@@ -81,19 +81,21 @@ cdef ssize_t _take_wakeups(Connection conn, int flags) noexcept nogil:
     return got
 
 
-cdef Py_ssize_t _ring_read(Connection conn) except -1:
-    """Move what rx holds into rbuf (room permitting), or what came of
-    a detour; returns the number of bytes moved.  Never blocks.
-    Precondition: rcap > rend."""
+cdef Py_ssize_t _ring_read(Connection conn, Py_ssize_t most=PY_SSIZE_T_MAX) except -1:
+    """Move what rx holds into rbuf (room permitting, and at most most
+    bytes), or what came of a detour; returns the number of bytes moved.
+    Never blocks.  Precondition: rcap > rend, most > 0."""
     cdef int64_t n = fm_ring_readable(conn.rx, conn.rx_head)
     if n < 0:
         return _ring_corrupt(conn)
     if n == 0:
         if _detour_here(conn):
-            return _detour_in(conn, NO_TIMEOUT, False)
+            return _detour_in(conn, NO_TIMEOUT, False, most)
         return 0
     if n > conn.rcap - conn.rend:
         n = conn.rcap - conn.rend
+    if n > most:
+        n = most
     fm_ring_take(conn.rx, &conn.rx_head, conn.rbuf + conn.rend, n)
     conn.rend += n
     if fm_flag_seen(&conn.rx.writer_waiting):
@@ -239,7 +241,7 @@ cdef int _ring_send_iov(Connection conn, iovec* iov, int count) except -1:
             _doorbell(conn)
         if deadline == -2.0:
             deadline = _deadline(conn)
-        _wait_for_tx(conn, False, deadline)
+        _wait_for_tx(conn, False, deadline, _iov_bytes(iov, count))
     if fm_flag_seen(&conn.tx.reader_waiting):
         _doorbell(conn)
     return 0
@@ -253,19 +255,63 @@ cdef inline bint _tx_free(Connection conn, bint detour) noexcept nogil:
     return fm_ring_writable(conn.tx, conn.tx_tail) != 0
 
 
-cdef int _wait_for_tx(Connection conn, bint detour, double deadline) except -1:
-    """Wait once for _tx_free(detour): take in what the peer sent us
-    (so that two peers writing a lot to each other cannot block each
-    other forever), spin, then sleep until the peer rings.  The caller
-    looks again."""
-    _read_available(conn)
+cdef int _wait_for_tx(Connection conn, bint detour, double deadline, size_t unsent) except -1:
+    """Wait once for _tx_free(detour), unsent bytes still to send: take in
+    what the peer sent us (so that two peers writing a lot to each other
+    cannot block each other forever; a server's connection only up to its
+    backlog_max), spin, then sleep until the peer rings.  The caller looks
+    again."""
+    cdef bint full = _backlog_full(conn, unsent)
+    if not full:
+        _read_available(conn, unsent)
     if _ring_spin_for_room(conn, detour):
+        conn.nap_s = 0.0
         return 0
     fm_flag_set(&conn.tx.writer_waiting, 1)
     if _tx_free(conn, detour):
         fm_flag_set(&conn.tx.writer_waiting, 0)
+        conn.nap_s = 0.0
         return 0
+    if full and _unread_on_socket(conn):
+        # bytes of the peer's that we will not take yet keep the socket
+        # readable: a sleep until it rings would not sleep
+        fm_flag_set(&conn.tx.writer_waiting, 0)
+        return _ring_nap(conn, deadline)
+    conn.nap_s = 0.0
     return _ring_sleep(conn, &conn.tx.writer_waiting, True, deadline)
+
+
+cdef bint _unread_on_socket(Connection conn) except -1:
+    """Whether bytes other than wake-ups wait on the socket (a detour's),
+    once the wake-ups before them are taken."""
+    cdef unsigned char byte
+    cdef ssize_t got = _take_wakeups(conn, MSG_DONTWAIT)
+    if got == -2:
+        return _ring_corrupt(conn)
+    if got <= 0:
+        return False  # nothing, or EOF (which the sleep then sees)
+    return c_recv(conn.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0
+
+
+cdef int _ring_nap(Connection conn, double deadline) except -1:
+    """Sleep a little: 1 ms, doubling up to 64 ms while naps follow one
+    another, or less if the peer hangs up; past the deadline, close and
+    raise TimeoutError."""
+    cdef pollfd pfd
+    cdef double left
+    conn.nap_s = min(0.064, max(0.001, conn.nap_s * 2))
+    left = conn.nap_s
+    if deadline >= 0:
+        left = min(left, deadline - _now())
+        if left <= 0:
+            conn.close()
+            raise TimeoutError("timed out after %.3g s sending to the peer" % conn._timeout)
+    pfd.fd = conn.fd
+    pfd.events = 0
+    _check_signals(conn)
+    with nogil:
+        poll(&pfd, 1, <int>(left * 1000.0 + 0.999))
+    return 0
 
 
 cdef bint _ring_spin_for_room(Connection conn, bint detour) noexcept:

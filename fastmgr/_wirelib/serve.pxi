@@ -25,6 +25,7 @@ def serve_connection(Connection conn, dict table, Entry control, fallback, make_
     the peer closes (see _wire.pyi for the contract)."""
     cdef Py_ssize_t start, size
     cdef _Reply reply = _Reply()
+    conn.backlog_max = c_backlog_max  # a server's connection (see _backlog_full)
     while True:
         try:
             _recv_frame(conn, conn.max_message, &start, &size)

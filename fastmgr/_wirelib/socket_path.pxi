@@ -120,11 +120,12 @@ cdef int _sock_fill(Connection conn, Py_ssize_t need, double deadline) except -1
     return 0
 
 
-cdef int _sock_read_available(Connection conn) except -1:
-    """_read_available() through the socket: 1 at EOF, else 0."""
+cdef int _sock_read_available(Connection conn, Py_ssize_t most) except -1:
+    """_read_available() through the socket, at most most bytes: 1 at EOF,
+    else 0."""
     cdef ssize_t got
     with nogil:
-        got = c_recv(conn.fd, conn.rbuf + conn.rend, conn.rcap - conn.rend, MSG_DONTWAIT)
+        got = c_recv(conn.fd, conn.rbuf + conn.rend, most, MSG_DONTWAIT)
     if got > 0:
         conn.rend += got
     return got == 0
@@ -165,8 +166,13 @@ cdef int _sock_send_iov(Connection conn, iovec* iov, int count) except -1:
         elif fm_again(err):
             if deadline == -2.0:
                 deadline = _deadline(conn)
+            if _backlog_full(conn, _iov_bytes(iov, count)):
+                # a server's connection that holds all it may: room first
+                _wait_socket(conn, POLLOUT, deadline)
+                continue
             revents = _wait_socket(conn, events, deadline)
-            if (revents & POLLIN) and not (revents & POLLOUT) and _read_available(conn):
+            if ((revents & POLLIN) and not (revents & POLLOUT)
+                    and _read_available(conn, _iov_bytes(iov, count))):
                 # the peer has shut its side: its EOF would keep POLLIN
                 # up, so wait for room alone (a peer that still reads
                 # makes room; the deadline holds either way)

@@ -1,11 +1,11 @@
 """Helpers for tests/test_hardening.py.
 
-``Served`` runs ``fastmgr serve _hardening_helpers:HardManager`` as its own
+``Served`` runs ``fastmgr serve helpers.hardening:HardManager`` as its own
 process, its log in a file the tests read, so that a test can limit its
 resources from outside (prlimit, a pids cgroup), read its memory and CPU
-time from /proc, and kill it.  ``in_namespace`` runs a function in a child
-with its own mount namespace, a private tmpfs on /dev/shm and /tmp, and
-optionally as another user: the machine's real files are never touched.
+time from /proc, and kill it.  ``SocketFlood`` and ``RingFlood`` send
+requests and never read a reply.  Another local user's attacks are in
+``helpers.spin_attack``.
 """
 import ast
 import os
@@ -141,51 +141,17 @@ class Served:
         self.log.close()
 
 
-def roundtrip(served, timeout=10):
-    """A legitimate client is served: a new manager link, an object, a call."""
+def roundtrip(served, timeout=10, fresh=True):
+    """A legitimate client is served: an object, a call.  fresh: on new
+    connections (this process's earlier ones to served are dropped first,
+    and the objects only they held go)."""
     mgr = served.manager(timeout=timeout, connect_timeout=timeout)
+    if fresh:
+        mgr._peer().reset()
     d = mgr.dict()
     d["k"] = "v"
     assert d["k"] == "v"
     del d
-    mgr._peer().reset()  # close this test process's connections to it
-
-
-# ---------------------------------------------------------------------------
-# another user, in a namespace of its own
-
-NOBODY = 65534
-
-
-def in_namespace(argv, uid=None, timeout=60, env=None):
-    """Run argv (a Python program's arguments) in a new mount namespace with
-    private tmpfs on /dev/shm and /tmp, as uid if given; returns the
-    CompletedProcess.  Root only."""
-    script = ("mount -t tmpfs -o mode=1777 none /dev/shm && "
-              "mount -t tmpfs -o mode=1777 none /tmp && exec \"$@\"")
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
-                           "sh"] + list(argv), env=child_env(**(env or {})),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def as_user(uid, fn):
-    """Call fn() in a forked child running as uid; returns its exit code."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            fn()
-            code = 0
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def silent_connections(address, count):
@@ -197,3 +163,152 @@ def silent_connections(address, count):
         s.connect(address)
         socks.append(s)
     return socks
+
+
+# ---------------------------------------------------------------------------
+# clients that send and never read
+
+RING_TAIL = 64                  # the layout of a ring (_protocol.py)
+RING_DETOUR_AT = RING_TAIL + 8
+RING_DATA = 256
+RING_CAP = 256 << 10
+DETOUR_MARK = b"\x5a"
+
+
+def echo_ident(served):
+    """The ident of a new Echo object on served, held by this process."""
+    mgr = served.manager()
+    proxy = mgr.Echo()
+    return mgr, proxy, proxy._id
+
+
+def echo_frame(ident, size):
+    """One framed request: echo(bytes(size)) on ident."""
+    from fastmgr import _protocol as P
+    from fastmgr._backend import wire
+    body = wire.Codec().encode_request(P.REQ_CALL, ident, "echo", (bytes(size),), None)
+    return wire.frame(body)
+
+
+class SocketFlood:
+    """An authenticated client (socket only) that sends requests and never
+    reads a reply; a send that makes no progress for `stall` seconds ends
+    the flood."""
+
+    def __init__(self, address, stall=3.0):
+        from fastmgr.connection import Client
+        self.conn = Client(address, AUTHKEY, timeout=10)
+        self.raw = socket.socket(fileno=os.dup(self.conn.fileno()))
+        self.raw.settimeout(stall)
+        self.sent = 0
+
+    def run(self, frame, count):
+        for _ in range(count):
+            try:
+                self.raw.sendall(frame)
+            except (socket.timeout, TimeoutError):
+                break
+            self.sent += 1
+        return self.sent
+
+    def close(self):
+        self.raw.close()
+        self.conn.close()
+
+
+class RingFlood:
+    """An authenticated client of a unix socket that offers rings, then
+    writes requests straight into its ring (or, for large ones, as detours)
+    and never reads its replies."""
+
+    def __init__(self, address, stall=3.0):
+        import fcntl
+        import mmap
+        import struct
+        from fastmgr import _protocol as P
+        from fastmgr._backend import wire
+        from fastmgr._handshake import answer_challenge
+        self.stall = stall
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(address)
+        self.conn = wire.Connection(self.sock, timeout=10)
+        answer_challenge(self.conn, AUTHKEY, os.urandom(16) + P.RING_HELLO)
+        size = wire.Connection.ring_size()
+        fd = os.memfd_create("fastmgr-ring", os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            offer = struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER
+            socket.send_fds(self.sock, [offer], [fd])
+            if self.conn.recv_bytes(64) != P.RING_ACCEPT:
+                raise RuntimeError("the server declined the ring")
+            self.shared = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.sent = 0
+
+    def _get(self, offset, fmt="<Q"):
+        import struct
+        return struct.unpack_from(fmt, self.shared, offset)[0]
+
+    def _put(self, offset, value, fmt="<Q"):
+        import struct
+        struct.pack_into(fmt, self.shared, offset, value)
+
+    def _wake(self):
+        try:
+            self.sock.send(b"\0", socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def _until(self, predicate):
+        deadline = time.monotonic() + self.stall
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def _write(self, data):
+        """Put data into the ring as room comes; False if it stops coming."""
+        while data:
+            room = lambda: RING_CAP - (self._get(RING_TAIL) - self._get(0))  # noqa: E731
+            if not self._until(lambda: room() > 0):
+                return False
+            tail = self._get(RING_TAIL)
+            n = min(room(), len(data))
+            at = tail % RING_CAP
+            first = min(n, RING_CAP - at)
+            self.shared[RING_DATA + at:RING_DATA + at + first] = data[:first]
+            self.shared[RING_DATA:RING_DATA + n - first] = data[first:n]
+            self._put(RING_TAIL, tail + n)
+            self._wake()
+            data = data[n:]
+        return True
+
+    def _detour(self, frame):
+        """Announce frame as a detour and send it on the socket."""
+        if not self._until(lambda: self._get(RING_DETOUR_AT + 16, "<I") == 0):
+            return False
+        self._put(RING_DETOUR_AT, self._get(RING_TAIL))
+        self._put(RING_DETOUR_AT + 8, len(frame))
+        self._put(RING_DETOUR_AT + 16, 1, "<I")
+        self.sock.settimeout(self.stall)
+        try:
+            self.sock.sendall(DETOUR_MARK + frame)
+        except (socket.timeout, TimeoutError):
+            return False
+        return True
+
+    def run(self, frame, count):
+        send = self._detour if len(frame) >= (256 << 10) else self._write
+        for _ in range(count):
+            if not send(frame):
+                break
+            self.sent += 1
+        return self.sent
+
+    def close(self):
+        self.shared.close()
+        self.conn.close()
