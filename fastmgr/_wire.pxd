@@ -292,7 +292,8 @@ cdef class Hub:
     cdef _Served current            # the connection being served
     cdef _Served last               # the connection served last
     cdef object loop_tid            # native id of the loop thread
-    cdef bint started               # the loop and watchdog threads were started
+    cdef bint started               # the loop thread was started
+    cdef bint watching              # the watchdog thread was started
     cdef readonly bint closed       # close() was called
     cdef readonly long replacements # stuck loop threads replaced
     cdef readonly long handovers    # connections given a thread of their own

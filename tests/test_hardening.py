@@ -114,6 +114,54 @@ def test_accept_loop_without_threads(served):
         os.rmdir(cgroup)
 
 
+def test_a_hub_that_could_not_start_a_thread_tries_again(wire):
+    """The hub starts its loop thread with its first connection; if no
+    thread could be had then, the next connection starts it."""
+    from helpers.hub_rig import BOX, Rig
+
+    class Starved(Rig):
+        refusals = 1
+
+        def start_thread(self, fn, *args):
+            if self.refusals:
+                self.refusals -= 1
+                raise RuntimeError("can't start new thread")
+            super().start_thread(fn, *args)
+
+    rig = Starved(wire)
+    try:
+        with pytest.raises(RuntimeError):
+            rig.connect()
+        rig.servers.pop().close()     # refused: the hub never had it
+        rig.clients.pop().close()
+        client = rig.connect()
+        assert client.call(BOX, "echo", ("served",)) == (P.RESP_RETURN, "served")
+    finally:
+        rig.close()
+
+
+def test_first_connections_added_at_once_start_one_loop(compiled_wire):
+    """Handshakes run in parallel, so the hub's first connections can be
+    added at once: one loop thread, however slowly threads start."""
+    from helpers.hub_rig import BOX, Rig
+
+    class Slow(Rig):
+        def start_thread(self, fn, *args):
+            time.sleep(0.2)
+            super().start_thread(fn, *args)
+
+    rig = Slow(compiled_wire)
+    try:
+        clients = [Worker(rig.connect) for _ in range(4)]
+        clients = [w.outcome(10) for w in clients]
+        for client in clients:
+            assert client.call(BOX, "echo", (1,)) == (P.RESP_RETURN, 1)
+        loops = [t for t in rig.threads if getattr(t, "_target", None) == rig.hub.run]
+        assert len(loops) == 1, "%d loop threads" % len(loops)
+    finally:
+        rig.close()
+
+
 def test_silent_peers_cannot_keep_clients_out(served):
     srv = served()
     H.roundtrip(srv)

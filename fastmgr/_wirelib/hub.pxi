@@ -62,10 +62,23 @@ cdef class Hub:
         conn.backlog_max = c_backlog_max  # a server's connection (see _backlog_full)
         if self.closed:
             raise OSError("the hub is closed")
+        # a thread that cannot be had now is asked for again at the next
+        # add: one failure must not leave the hub without its loop.  Each
+        # flag is raised before its thread starts, so that adds on other
+        # threads meanwhile (handshakes run in parallel) start no second one
         if not self.started:
             self.started = True
-            self.start_thread(self.run)
-            self.start_thread(self.watch)
+            try:
+                self.start_thread(self.run)
+            except BaseException:
+                self.started = False
+                raise
+        if not self.watching:
+            self.watching = True
+            try:
+                self.start_thread(self.watch)
+            except Exception:
+                self.watching = False
         if conn.pyio or self.epfd < 0:
             self.start_thread(self._own_thread, s)
             return
