@@ -19,6 +19,11 @@ def frame(body: bytes) -> bytes:
 # them against _protocol.py).
 def _constants() -> Dict[str, int]: ...
 
+# Compiled wire only: where client spinners are counted, "machine" (a System
+# V segment of the user's own) or "process"; the segment's key and size.
+def spin_sharing() -> str: ...
+def spin_segment(uid: int) -> Tuple[int, int]: ...
+
 class Codec:
     """Encodes values and envelopes. ``serializer`` is one of
     ``_protocol.SERIALIZERS``: "pickle" falls back to pickle for types

@@ -10,6 +10,7 @@ _wire_py.py is the readable twin of this module, and the tests hold the
 two to the same bytes; the handshake is _handshake.py, for both.
 
     common.pxi       the clock, errno, memory
+    spin_segment.pxi the spinner slots shared by a user's processes (fm_segment.h)
     spin_policy.pxi  the rules of a wait: how long to spin before blocking
     buffers.pxi      WriteBuffer: outgoing frames, large bytes sent in place
     framing.pxi      frame headers (read in one place, _frame_at), FrameReader
@@ -76,6 +77,7 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 from fastmgr._wirelib.chelpers cimport *
 from fastmgr._wirelib.posix cimport *
 
+import logging as _logging
 import os as _os
 import socket as _socket
 import sys as _sys
@@ -91,6 +93,7 @@ from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 IMPLEMENTATION = "compiled"
 
 include "_wirelib/common.pxi"
+include "_wirelib/spin_segment.pxi"
 include "_wirelib/spin_policy.pxi"
 include "_wirelib/buffers.pxi"
 include "_wirelib/framing.pxi"

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from helpers import hardening as H
+from helpers import spin_attack as S
 from helpers.common import Worker
 from fastmgr import _protocol as P
 from fastmgr._admission import MAX_PENDING
@@ -488,3 +489,54 @@ def test_one_colliding_message_does_not_stall_other_clients(served):
     assert "keys of one hash" in srv.text()
 
 
+# ---------------------------------------------------------------------------
+# the machine-wide spinner counts: no other user can influence them
+
+def _spin_attack(scenario):
+    import json
+    if not ROOT:
+        pytest.skip("needs root: the attacker runs as nobody in namespaces of its own")
+    from fastmgr._backend import wire
+    if wire.IMPLEMENTATION != "compiled":
+        pytest.skip("the pure-Python wire never spins")
+    out = S.in_namespace([sys.executable, "-m", "helpers.spin_attack", scenario])
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report.get("attacker", 0) == 0, report
+    victim = report["victim"]
+    assert victim["returncode"] == 0, "the victim died: %r" % victim
+    return report, victim
+
+
+def test_the_segment_key_is_the_one_the_tests_attack(compiled_wire):
+    for uid in (0, 1, 1000, 65534, 2 ** 32 - 2):
+        assert compiled_wire.spin_segment(uid) == S.spin_segment(uid)
+
+
+@pytest.mark.timeout(120)
+def test_another_users_segment_is_ignored_with_one_warning():
+    report, victim = _spin_attack("squat")
+    assert victim["sharing"] == "process", victim
+    assert len(victim["warnings"]) == 1 and "System V" in victim["warnings"][0], victim
+    assert victim["probe"] != 0, "spinning was turned off: %r" % victim
+    assert victim["calls"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_symlink_planted_by_another_user_is_not_followed():
+    report, victim = _spin_attack("symlink")
+    assert report["victim_file_bytes"] == 0, report
+    assert victim["warnings"] == [], victim
+
+
+@pytest.mark.timeout(120)
+def test_truncating_a_planted_file_kills_no_one():
+    report, victim = _spin_attack("truncate")
+    assert victim["calls"] > 0 and victim["warnings"] == [], victim
+
+
+@pytest.mark.timeout(120)
+def test_slot_times_in_the_future_are_stale():
+    report, victim = _spin_attack("future")
+    assert victim["sharing"] == "machine", victim
+    assert victim["probe"] != 0, "a slot time in the future kept a slot busy: %r" % victim

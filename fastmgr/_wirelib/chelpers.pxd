@@ -43,6 +43,12 @@ cdef extern from "fm_hashcount.h" nogil:
     uint64_t fm_hash_seed              # keys the table's mix: random per process
     uint32_t fm_hash_count(fm_hash_slot* slots, size_t mask, Py_hash_t h)
 
+cdef extern from "fm_segment.h" nogil:
+    int fm_segment_key(uint32_t uid)                    # the System V key of uid's segment
+    void* fm_segment_attach(int key, size_t size, int* why)  # NULL: see why
+    enum: FM_SEGMENT_NONE                               # no System V shared memory here
+    enum: FM_SEGMENT_FOREIGN                            # a segment not this user's own
+
 cdef extern from "fm_ring.h" nogil:
     ctypedef struct fm_ring:
         uint32_t reader_waiting

@@ -27,12 +27,13 @@ static inline int fm_spin_enter(void) {
 static inline void fm_spin_leave(void) { __atomic_sub_fetch(&fm_spinners, 1, __ATOMIC_RELAXED); }
 
 /* Spinners are counted across processes, in slots of a small shared
-   mapping (one per user): each slot holds the monotonic time its spinner
-   began, 0 when free; a slot older than FM_STALE_NS belonged to a process
-   that died mid-spin and may be taken.  fm_slot_enter() returns 0 (no
-   slot free), 1 (SLOT_UNCROWDED: fewer other spinners than CPUs) or 2
-   (SLOT_CROWDED: as many or more).  Without the mapping, spinners are
-   counted per process. */
+   mapping (one per user, fm_segment.h): each slot holds the monotonic time
+   its spinner began, 0 when free; a slot older than FM_STALE_NS belonged
+   to a process that died mid-spin and may be taken, and so may one whose
+   time is yet to come (the mapping is shared: its values are taken as
+   hints, never trusted).  fm_slot_enter() returns 0 (no slot free), 1
+   (SLOT_UNCROWDED: fewer other spinners than CPUs) or 2 (SLOT_CROWDED: as
+   many or more).  Without the mapping, spinners are counted per process. */
 #define FM_STALE_NS 50000000LL
 static int64_t *fm_slots = NULL;
 static int fm_slot_max = 0;
@@ -53,7 +54,7 @@ static inline int fm_slot_enter(void) {
     fm_slot = -1;
     for (i = 0; i < fm_slot_max; i++) {
         v = __atomic_load_n(&fm_slots[i], __ATOMIC_RELAXED);
-        if (v != 0 && now - v <= FM_STALE_NS)
+        if (v != 0 && v <= now && now - v <= FM_STALE_NS)
             busy++;
         else if (fm_slot < 0 &&
                  __atomic_compare_exchange_n(&fm_slots[i], &v, now, 0,
@@ -93,7 +94,8 @@ static int fm_move_off_cpu(void) {
    cache line apart) of the messages our spinners caught there: a yield
    that kept the CPU from us for long gave it to our own peers if that
    count grew meanwhile, and to a busy process of somebody else's if it
-   did not.  Without the mapping, the counters are the process's own. */
+   did not.  Without the mapping, the counters are the process's own.
+   Only differences of a counter are used, so any value is harmless. */
 #define FM_CPUS 64
 static uint64_t fm_own_counts[FM_CPUS * 8];
 static uint64_t *fm_counts = fm_own_counts;

@@ -9,7 +9,7 @@
 # in socket_path.pxi, rings.pxi and hub_wait.pxi; the rules they follow
 # are here, with their state (SpinState) and whole-number constants
 # (SPIN_*, SLOT_*, PROBE_*, ...) in _wire.pxd and the machine-wide spinner
-# slots in fm_spin.h.
+# slots in fm_spin.h (mapped by spin_segment.pxi).
 
 # spinning yields the CPU at every turn, but only after this long: the
 # common reply comes within it, and a yield costs more than a recv
@@ -78,31 +78,6 @@ cdef void _refresh_max_spinners() noexcept:
     fm_slot_max = min(SLOTS_PER_CPU * max(ncpu, g_machine_cpus), MAX_SLOTS)
 
 
-cdef void _map_slots() noexcept:
-    """Map the machine-wide spinner slots and catch counters; without them
-    (no /dev/shm, say) client spinners and catches are counted per
-    process."""
-    global fm_slots, fm_counts
-    cdef void* mem
-    cdef size_t size = MAX_SLOTS * 8 + FM_CPUS * 64
-    try:
-        fd = _os.open("/dev/shm/fastmgr-spin-%d" % _os.getuid(), _os.O_RDWR | _os.O_CREAT, 0o600)
-    except Exception:
-        return
-    try:
-        if _os.fstat(fd).st_size < size:
-            _os.ftruncate(fd, size)
-        mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if mem != MAP_FAILED:
-            fm_slots = <int64_t*>mem
-            fm_counts = <uint64_t*>(<char*>mem + MAX_SLOTS * 8)
-    except Exception:
-        pass
-    finally:
-        _os.close(fd)
-
-
-_map_slots()
 _refresh_max_spinners()
 
 
