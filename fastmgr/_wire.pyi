@@ -58,12 +58,16 @@ class Connection:
     message; when it runs out TimeoutError is raised and the connection is
     closed, so a late reply is never read as the answer to a later call.
     A peer that closed raises EOFError.  ``spin_us`` is this connection's
-    spin budget before it blocks (0: block at once)."""
+    spin budget before it blocks (0: block at once).  ``backlog_max``, on
+    a server's connection, bounds the unread request bytes plus unsent
+    reply bytes that a send which waits takes in (0: no bound; the hub
+    and serve_connection set it to ``_protocol.BACKLOG_MAX``)."""
 
     codec: Codec
     timeout: Optional[float]
     spin_us: int
     max_message: int
+    backlog_max: int
     closed: bool
     def __init__(self, sock: socket.socket, codec: Optional[Codec] = None,
                  max_message: int = ..., timeout: Optional[float] = None) -> None: ...

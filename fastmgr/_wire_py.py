@@ -430,6 +430,7 @@ class Connection:
         self.spin_us = get_spin()
         self._loop_out = bytearray()   # frames loop_send() has not sent yet
         self._loop_in = bytearray()    # bytes loop_receive() read ahead
+        self.backlog_max = 0  # kept for the API: this wire never reads ahead of a request
 
     def __repr__(self):
         state = "closed" if self._sock is None else "fd=%d" % self._sock.fileno()

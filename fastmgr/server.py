@@ -296,6 +296,7 @@ class Server:
                    *args)
 
     def _serve_stdlib(self, conn, sock, peer, digest):
+        conn.backlog_max = P.BACKLOG_MAX  # as the hub does (see _protocol.BACKLOG_MAX)
         with self.mutex:
             self._connections.add(conn)
         serve_stdlib_client(self, conn, sock, peer, digest)

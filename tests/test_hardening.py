@@ -357,6 +357,20 @@ def test_a_client_that_never_reads_over_tcp(served, size):
     assert srv.alive()
 
 
+def test_a_stdlib_client_that_never_reads(served):
+    srv = served()
+    mgr, keep, ident = H.echo_ident(srv)
+    H.roundtrip(srv, fresh=False)
+    flood = H.StdlibFlood(srv.address)
+    try:
+        peak, sent = _flood(srv, flood, H.StdlibFlood.frame(ident, 1 << 20), 220)
+    finally:
+        flood.close()
+    assert peak < FLOOD_RSS_MAX_KB, "server RSS grew %d kB (%d requests sent)" % (peak, sent)
+    assert sent < 220
+    assert srv.alive()
+
+
 @pytest.mark.parametrize("size", [1 << 20, 200 << 10], ids=["1MiB-detours", "200KiB-ring"])
 def test_a_client_that_never_reads_through_the_rings(served, tmp_path, size):
     from fastmgr._backend import wire

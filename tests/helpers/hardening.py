@@ -216,6 +216,28 @@ class SocketFlood:
         self.conn.close()
 
 
+class StdlibFlood(SocketFlood):
+    """A client of plain multiprocessing.managers, past accept_connection,
+    whose calls are sent and never read."""
+
+    def __init__(self, address, stall=3.0):
+        from multiprocessing import connection
+        self.conn = connection.Client(address, authkey=AUTHKEY)
+        self.conn.send((None, "accept_connection", ("flood",), {}))
+        assert self.conn.recv() == ("#RETURN", None)
+        self.raw = socket.socket(fileno=os.dup(self.conn.fileno()))
+        self.raw.settimeout(stall)
+        self.sent = 0
+
+    @staticmethod
+    def frame(ident, size):
+        """One framed call, echo(bytes(size)) on ident, in the stdlib's format."""
+        import pickle
+        import struct
+        body = pickle.dumps(("%x" % ident, "echo", (bytes(size),), {}))
+        return struct.pack("!i", len(body)) + body
+
+
 class RingFlood:
     """An authenticated client of a unix socket that offers rings, then
     writes requests straight into its ring (or, for large ones, as detours)
