@@ -88,7 +88,10 @@ def main(args):
     manager = manager_class(address=parse_address(args.address), authkey=authkey,
                             serializer=args.serializer, ssl_context=server_ssl_context(args),
                             stdlib_clients=not args.no_stdlib_clients)
-    server = manager.get_server()
+    try:
+        server = manager.get_server()
+    except OSError as exc:  # the address is taken, say, or not ours to use
+        refuse("cannot listen at %s: %s" % (args.address, exc))
 
     def stop(signum, frame):
         log.info("%s: shutting down", signal.Signals(signum).name)

@@ -19,7 +19,9 @@ import functools
 import itertools
 import logging
 import operator
+import os
 import queue
+import stat
 import sys
 import threading
 from multiprocessing import pool, process
@@ -134,6 +136,7 @@ class Server:
         self.serializer = serializer
         self.codec = wire.Codec(serializer)
         self.listener = Listener(address, codec=self.codec, max_message=max_message)
+        _warn_if_others_can_replace(self.listener.address)
         self.ssl_context = ssl_context
         self.spin_us = spin_us
         self.address = self.listener.address
@@ -501,6 +504,25 @@ def _stdlib_refusal(serializer, ssl_context, stdlib_clients):
     if ssl_context is not None:
         return "this server requires TLS, which they cannot speak"
     return None
+
+
+def _warn_if_others_can_replace(address):
+    """Warn when a unix socket lives in a directory where another user
+    could remove it and put their own in its place: clients would then
+    talk to them (a directory that only we, or root, may change, or a
+    sticky one such as /tmp, is safe; the default address is in a private
+    one)."""
+    if not isinstance(address, str) or not address or address[0] == "\0":
+        return
+    directory = os.path.dirname(os.path.abspath(address))
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return
+    others_write = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX
+    if st.st_uid not in (os.geteuid(), 0) or others_write:
+        log.warning("the unix socket %s is in %s, which other users may change: they could "
+                    "put a socket of their own in its place", address, directory)
 
 
 def _start_thread(fn, *args):

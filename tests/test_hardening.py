@@ -290,6 +290,47 @@ def test_missing_key_is_refused_the_same_way(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# the unix socket's path: taken by someone else, or in their directory
+
+def test_a_taken_socket_path_is_refused_cleanly(tmp_path):
+    path = tmp_path / "taken.sock"
+    path.write_bytes(b"")              # another user's file, say
+    env = H.child_env(FASTMGR_AUTHKEY=H.AUTHKEY.decode())
+    result = subprocess.run([sys.executable, "-m", "fastmgr", "serve", H.SPEC, "--address",
+                             str(path)], cwd=H.TESTS, env=env, capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2 and "cannot listen at" in result.stderr, result
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("owner", ["us, writable by all", "another user"])
+def test_a_socket_in_a_directory_others_may_change_is_warned_about(served, tmp_path, owner):
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    if owner == "another user":
+        if not ROOT:
+            pytest.skip("needs root: the directory is given to nobody")
+        os.chown(directory, 65534, 65534)
+        os.chmod(directory, 0o755)
+    else:
+        os.chmod(directory, 0o777)    # no sticky bit: anyone may replace our socket
+    srv = served(address=str(directory / "m.sock"))
+    assert "other users may change" in srv.text(), srv.tail()
+    H.roundtrip(srv)
+
+
+def test_no_warning_for_a_private_or_sticky_directory(served, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    for directory in (private, sticky):
+        srv = served(address=str(directory / "m.sock"))
+        assert "other users may change" not in srv.text(), srv.tail()
+
+
+# ---------------------------------------------------------------------------
 # connect() is bounded by timeout= when connect_timeout is not given
 
 @pytest.mark.parametrize("accepts", [False, True], ids=["backlog", "accepted"])
