@@ -554,6 +554,10 @@ def _spin_attack(scenario):
     from fastmgr._backend import wire
     if wire.IMPLEMENTATION != "compiled":
         pytest.skip("the pure-Python wire never spins")
+    hidden = [path for path in (sys.executable, wire.__file__, S.TESTS)
+              if os.path.realpath(path).startswith(("/tmp/", "/dev/shm/"))]
+    if hidden:
+        pytest.skip("%s would be hidden under the private /tmp or /dev/shm" % hidden[0])
     out = S.in_namespace([sys.executable, "-m", "helpers.spin_attack", scenario])
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
