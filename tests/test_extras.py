@@ -145,6 +145,83 @@ def test_install_reaches_children(method):
     assert std.SyncManager.__module__ == "multiprocessing.managers"
 
 
+# A module the forkserver preloads that subclasses the managers of
+# multiprocessing.managers, as CPython's own test module does (its
+# test_multiprocessing_forkserver preloads it on 3.10).
+PRELOADED_MANAGERS = """
+import os
+from multiprocessing.managers import BaseManager
+
+
+class MathsManager(BaseManager):
+    pass
+
+
+def server_side():
+    # the base of MathsManager in the manager's server process
+    return MathsManager.__mro__[1].__module__, os.getpid()
+
+
+MathsManager.register("server_side", server_side)
+"""
+
+# The program: install() at the top of its main module, as the README asks
+# under forkserver ("before": its preload list is set before install()).
+FORKSERVER_PROGRAM = """
+import multiprocessing, os, sys
+if sys.argv[1] == "before":
+    multiprocessing.set_forkserver_preload(sys.argv[2].split(","))
+import fastmgr
+fastmgr.install()
+if sys.argv[1] == "after":
+    multiprocessing.set_forkserver_preload(sys.argv[2].split(","))
+import preloaded_managers
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    with preloaded_managers.MathsManager(ctx=ctx) as manager:
+        module, pid = manager.server_side()._getvalue()
+        assert pid != os.getpid()
+        print(module)
+"""
+
+
+@pytest.mark.parametrize("when, preload", [
+    ("after", "preloaded_managers"),
+    ("after", "__main__,preloaded_managers"),
+    ("before", "__main__,preloaded_managers"),
+])
+def test_install_under_forkserver_with_preloaded_managers(tmp_path, when, preload):
+    """The forkserver installs fastmgr before it imports the program's own
+    preload modules, so the managers they define are fastmgr's there too (or
+    the parent starts fastmgr's server with arguments for the stdlib's)."""
+    (tmp_path / "preloaded_managers.py").write_text(PRELOADED_MANAGERS)
+    (tmp_path / "program.py").write_text(FORKSERVER_PROGRAM)
+    out = subprocess.run([sys.executable, "program.py", when, preload], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, env=child_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["fastmgr.managers"]
+
+
+def test_install_keeps_its_forkserver_preload_first():
+    from multiprocessing import forkserver
+    before = list(forkserver._forkserver._preload_modules)
+    try:
+        multiprocessing.set_forkserver_preload(["__main__", "os"])
+        fastmgr.install()
+        try:
+            assert forkserver._forkserver._preload_modules == [
+                "fastmgr._autoinstall", "__main__", "os"]
+            multiprocessing.set_forkserver_preload(["json", "fastmgr._autoinstall"])
+            assert forkserver._forkserver._preload_modules == ["fastmgr._autoinstall", "json"]
+        finally:
+            fastmgr.uninstall()
+        # the program's own list stays, without fastmgr's module
+        assert forkserver._forkserver._preload_modules == ["json"]
+    finally:
+        multiprocessing.set_forkserver_preload(before)
+
+
 SEED = """
 import multiprocessing, sys, fastmgr
 if __name__ == "__main__":
