@@ -2,12 +2,13 @@
 # Build fastmgr's sdist and a manylinux wheel for each CPython 3.10-3.13 on
 # this machine, and prove them the way a user meets them:
 #
-#   1. the sdist (python -m build --sdist) holds every .pyx/.pxd/.pxi/.h
-#      under fastmgr/ and no generated C;
+#   1. the sdist (python -m build --sdist) holds every module and every
+#      .pyx/.pxd/.pxi/.h under fastmgr/ and no generated C;
 #   2. each wheel is built from that sdist, from scratch (Cython runs in the
 #      build's isolated environment), with FASTMGR_WERROR=1 (unless the
 #      environment sets it to 0): a compiler warning fails the build;
-#   3. auditwheel repair makes it a manylinux wheel, in the wheelhouse;
+#   3. auditwheel repair makes it a manylinux wheel, in the wheelhouse; it
+#      holds every module and typing file, the compiled wire and no sources;
 #   4. for each Python: a fresh venv, the wheel installed with --no-index and
 #      no compiler (CC=false), the test tools from the package index, then
 #      the sdist's own tests run from a scratch directory, where only the
@@ -20,6 +21,7 @@
 #
 #   tools/build_wheels.sh                    everything, into dist/
 #   PYTHONS="3.12" FULL="" tools/build_wheels.sh   one Python, smoke subset only
+#   FULL="" CPYTHON_TESTS="3.10 3.11 3.12 3.13" tools/build_wheels.sh   what .ci/run runs
 #
 # Settings (environment): PYTHONS (default "3.10 3.11 3.12 3.13"), FULL
 # (default 3.11), CPYTHON_TESTS (default: none), OUT (default dist/; the
@@ -91,11 +93,11 @@ if grep -E '^fastmgr/.*\.(c|so|html)$' "$scratch/sdist-files"; then
   die "the sdist holds generated or built files (above)"
 fi
 if git rev-parse --git-dir >/dev/null 2>&1; then
-  git ls-files 'fastmgr/*.pyx' 'fastmgr/*.pxd' 'fastmgr/*.pxi' 'fastmgr/*.h' \
+  git ls-files 'fastmgr/*.py' 'fastmgr/*.pyx' 'fastmgr/*.pxd' 'fastmgr/*.pxi' 'fastmgr/*.h' \
     'fastmgr/*.pyi' 'fastmgr/py.typed' | sort >"$scratch/sources"
   missing=$(comm -23 "$scratch/sources" "$scratch/sdist-files")
   [ -z "$missing" ] || die "the sdist lacks: $missing"
-  echo "the sdist holds the $(wc -l <"$scratch/sources") compiled-wire sources and typing files, no generated C"
+  echo "the sdist holds the $(wc -l <"$scratch/sources") modules, compiled-wire sources and typing files, no generated C"
 fi
 mkdir -p "$scratch/sdist"
 tar xzf "$sdist" -C "$scratch/sdist" --strip-components=1
@@ -124,6 +126,29 @@ for entry in "${pythons[@]}"; do
   auditwheel repair --wheel-dir "$wheelhouse" "$raw"
 done
 ls -l "$wheelhouse"
+
+# Each wheel holds every module and typing file of the package (those the
+# sdist holds, checked against git above), its compiled wire, and none of
+# the wire's sources: the smoke subset, all that runs on most Pythons, does
+# not import every module.
+grep -E '^fastmgr/(.*\.pyi?|(.*/)?py\.typed)$' "$scratch/sdist-files" >"$scratch/package-files"
+for wheel in "$wheelhouse"/fastmgr-*.whl; do
+  "$scratch/tools/bin/python" - "$wheel" "$scratch/package-files" <<'CHECK' \
+    || die "$(basename "$wheel") does not hold what it should (above)"
+import re, sys, zipfile
+wheel, listing = sys.argv[1:]
+names = set(zipfile.ZipFile(wheel).namelist())
+wanted = set(open(listing).read().split())
+problems = ["missing: " + n for n in sorted(wanted - names)]
+if not any(re.fullmatch(r"fastmgr/_wire\.cpython-\d+-[^/]+\.so", n) for n in names):
+    problems.append("missing: the compiled fastmgr/_wire*.so")
+problems += ["not for a wheel: " + n for n in sorted(names)
+             if re.search(r"\.(pyx|pxd|pxi|h|c)$", n)]
+print("\n".join(problems) or "%s: %d modules and typing files, the compiled wire, no sources"
+      % (wheel.rsplit("/", 1)[-1], len(wanted)))
+sys.exit(1 if problems else 0)
+CHECK
+done
 
 status=0
 for entry in "${pythons[@]}"; do
