@@ -168,10 +168,10 @@ for entry in "${pythons[@]}"; do
   cp -r "$scratch/sdist/tests" "$scratch/sdist/pyproject.toml" "$run/"
   if [[ " $FULL " == *" $v "* ]]; then
     what="the full suite"; args=()
-    # what the full suite's remaining tests need: the plot extra, and the
-    # fuzzer (a wheel on 3.11 and later)
+    # what the full suite's remaining tests need: the plot extra, the
+    # fuzzer (a wheel on 3.11 and later) and uvloop (the asyncio tests)
     CC=false CXX=false "$venv/bin/python" -m pip install -q matplotlib \
-      "atheris>=2.3; python_version >= '3.11'"
+      "atheris>=2.3; python_version >= '3.11'" "uvloop>=0.17"
   else
     what="the smoke subset"; args=("${SMOKE[@]}")
   fi
