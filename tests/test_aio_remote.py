@@ -82,3 +82,35 @@ def test_tls_refuses_a_plain_lane(certificate):
             asyncio.run(aio(stranger).keys())
     finally:
         m.shutdown()
+
+
+def test_a_unix_listener_with_a_full_backlog_is_waited_for(tmp_path, aio_run):
+    # connect() on a non-blocking unix socket fails with EAGAIN while the
+    # listener's backlog is full, leaving the socket unconnected; a lane must
+    # wait for room rather than take that for a connection in progress
+    import socket
+    from fastmgr._aio.connect import _connect
+
+    path = str(tmp_path / "listener")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    queued = socket.socket(socket.AF_UNIX)
+    queued.connect(path)            # fills the backlog
+    sock = socket.socket(socket.AF_UNIX)
+    sock.setblocking(False)
+    try:
+        async def main():
+            loop = asyncio.get_running_loop()
+            attempt = asyncio.ensure_future(_connect(loop, sock, path))
+            await asyncio.sleep(0.2)
+            waited = not attempt.done()
+            listener.accept()[0].close()   # room for one more
+            await asyncio.wait_for(attempt, 10)
+            return waited
+
+        assert aio_run(main)
+        assert sock.getpeername() == path
+    finally:
+        for s in (sock, queued, listener):
+            s.close()

@@ -23,6 +23,11 @@ from .tls_lane import TlsLane
 
 __all__ = ["open_lane"]
 
+#: first and longest pause before a unix socket whose listener's backlog
+#: is full is tried again
+_RETRY_FIRST_S = 0.0005
+_RETRY_MAX_S = 0.05
+
 _GONE = (ConnectionRefusedError, FileNotFoundError, ConnectionResetError, BrokenPipeError,
          EOFError)
 
@@ -56,7 +61,7 @@ async def open_lane(link):
 
 async def _open(link, sock):
     loop, peer = link.loop, link.peer
-    await loop.sock_connect(sock, peer.address)
+    await _connect(loop, sock, peer.address)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ring = False
@@ -78,6 +83,26 @@ async def _open(link, sock):
         raise
     lane.greeted()
     return lane
+
+
+async def _connect(loop, sock, address):
+    """loop.sock_connect(), but a unix socket is tried again while its
+    listener's backlog is full: connect() then fails with EAGAIN and leaves
+    the socket unconnected, and sock_connect() would take that for a
+    connection in progress and return (the first recv() then fails with
+    EINVAL).  A unix connect() never is in progress: it is made or refused
+    at once.  The caller bounds the wait (connect_timeout)."""
+    if sock.family != socket.AF_UNIX:
+        await loop.sock_connect(sock, address)
+        return
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
 
 
 async def _offer_ring(lane, sock):
