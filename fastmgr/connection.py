@@ -13,6 +13,7 @@ import os
 import select
 import socket
 import struct
+import time
 from multiprocessing import connection as _mpc
 from multiprocessing import util
 
@@ -37,6 +38,11 @@ _RING_OFFER_FRAME = struct.pack("!i", len(P.RING_OFFER)) + P.RING_OFFER
 # a ring file's size can never change once offered: a file that shrank under
 # the server's mapping would kill it (SIGBUS) at its next look
 _RING_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+#: first and longest pause before connecting again to a unix listener whose
+#: backlog is full
+CONNECT_RETRY_FIRST_S = 0.0005
+CONNECT_RETRY_MAX_S = 0.05
 
 
 def can_ring(conn, sock):
@@ -236,6 +242,29 @@ def _open_stdlib(address, authkey, **options):
     return conn
 
 
+def connect_socket(sock, address, timeout):
+    """sock.connect(), waiting up to timeout seconds for room at a unix
+    listener whose backlog is full.  With a timeout the socket is
+    non-blocking underneath, and a unix connect() then fails at once with
+    EAGAIN (a blocking one would wait, as the stdlib's client does)."""
+    if sock.family != socket.AF_UNIX or timeout is None:
+        sock.connect(address)
+        return
+    deadline = time.monotonic() + timeout
+    delay = CONNECT_RETRY_FIRST_S
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the listener at %r had no room for %r seconds"
+                                   % (address, timeout)) from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
+
+
 def _open(address, authkey, codec=None, hello=b"", timeout=None, max_message=None,
           ssl_context=None, server_hostname=None, ring=False):
     """An authenticated wire Connection and the dialect it speaks."""
@@ -243,7 +272,7 @@ def _open(address, authkey, codec=None, hello=b"", timeout=None, max_message=Non
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        sock.connect(address)
+        connect_socket(sock, address, timeout)
         if ssl_context is not None:
             if server_hostname is None and ssl_context.check_hostname:
                 server_hostname = address[0]

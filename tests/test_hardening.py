@@ -23,7 +23,7 @@ from helpers import spin_attack as S
 from helpers.common import Worker
 from fastmgr import _protocol as P
 from fastmgr._admission import MAX_PENDING
-from fastmgr.connection import Client
+from fastmgr.connection import Client, connect_socket
 from fastmgr.errors import RemoteError
 
 pytestmark = [
@@ -599,3 +599,48 @@ def test_slot_times_in_the_future_are_stale():
     report, victim = _spin_attack("future")
     assert victim["sharing"] == "machine", victim
     assert victim["probe"] != 0, "a slot time in the future kept a slot busy: %r" % victim
+
+
+def _full_unix_listener(path):
+    """A unix listener whose backlog (0: one queued connection) is full."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    queued = socket.socket(socket.AF_UNIX)
+    queued.connect(path)
+    return listener, queued
+
+
+def test_a_client_waits_for_room_at_a_full_unix_listener(tmp_path):
+    # with a timeout the socket is non-blocking underneath, and connect()
+    # fails at once with EAGAIN while the backlog is full: many clients
+    # connecting at once to a busy server must wait, as the stdlib's do
+    path = str(tmp_path / "listener")
+    listener, queued = _full_unix_listener(path)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(connect_socket(sock, path, 10)))
+    try:
+        worker.start()
+        time.sleep(0.2)
+        assert not done
+        listener.accept()[0].close()
+        worker.join(10)
+        assert done and sock.getpeername() == path
+    finally:
+        for s in (sock, queued, listener):
+            s.close()
+
+
+def test_no_room_at_a_unix_listener_times_out(tmp_path):
+    path = str(tmp_path / "listener")
+    listener, queued = _full_unix_listener(path)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            connect_socket(sock, path, 0.3)
+    finally:
+        for s in (sock, queued, listener):
+            s.close()

@@ -15,18 +15,14 @@ import ssl
 from .._backend import wire
 from .._handshake import answer_challenge_async
 from .._protocol import MAX_HANDSHAKE_FRAME, RING_HELLO
-from ..connection import address_family, can_ring, ring_answered, ring_file, send_ring_offer
+from ..connection import (CONNECT_RETRY_FIRST_S, CONNECT_RETRY_MAX_S, address_family, can_ring,
+                          ring_answered, ring_file, send_ring_offer)
 from ..errors import ManagerGone
 from ..proxies import _UNREACHABLE, _Session
 from .lane import WireLane
 from .tls_lane import TlsLane
 
 __all__ = ["open_lane"]
-
-#: first and longest pause before a unix socket whose listener's backlog
-#: is full is tried again
-_RETRY_FIRST_S = 0.0005
-_RETRY_MAX_S = 0.05
 
 _GONE = (ConnectionRefusedError, FileNotFoundError, ConnectionResetError, BrokenPipeError,
          EOFError)
@@ -95,14 +91,14 @@ async def _connect(loop, sock, address):
     if sock.family != socket.AF_UNIX:
         await loop.sock_connect(sock, address)
         return
-    delay = _RETRY_FIRST_S
+    delay = CONNECT_RETRY_FIRST_S
     while True:
         try:
             sock.connect(address)
             return
         except (BlockingIOError, InterruptedError):
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
+            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
 
 
 async def _offer_ring(lane, sock):
