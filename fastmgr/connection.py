@@ -251,18 +251,32 @@ def connect_socket(sock, address, timeout):
         sock.connect(address)
         return
     deadline = time.monotonic() + timeout
-    delay = CONNECT_RETRY_FIRST_S
+    pauses = connect_pauses()
+    while not connect_once(sock, address):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the listener at %r had no room for %r seconds"
+                               % (address, timeout))
+        time.sleep(min(next(pauses), left))
+
+
+def connect_once(sock, address):
+    """One connect() of a non-blocking unix socket: False while the
+    listener's backlog is full (a unix connect() is never in progress: it
+    is made or refused at once)."""
+    try:
+        sock.connect(address)
+        return True
+    except (BlockingIOError, InterruptedError):
+        return False
+
+
+def connect_pauses():
+    """The pauses between tries of connect_once(), growing."""
+    pause = CONNECT_RETRY_FIRST_S
     while True:
-        try:
-            sock.connect(address)
-            return
-        except (BlockingIOError, InterruptedError):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the listener at %r had no room for %r seconds"
-                                   % (address, timeout)) from None
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
+        yield pause
+        pause = min(pause * 2, CONNECT_RETRY_MAX_S)
 
 
 def _open(address, authkey, codec=None, hello=b"", timeout=None, max_message=None,

@@ -15,8 +15,8 @@ import ssl
 from .._backend import wire
 from .._handshake import answer_challenge_async
 from .._protocol import MAX_HANDSHAKE_FRAME, RING_HELLO
-from ..connection import (CONNECT_RETRY_FIRST_S, CONNECT_RETRY_MAX_S, address_family, can_ring,
-                          ring_answered, ring_file, send_ring_offer)
+from ..connection import (address_family, can_ring, connect_once, connect_pauses, ring_answered,
+                          ring_file, send_ring_offer)
 from ..errors import ManagerGone
 from ..proxies import _UNREACHABLE, _Session
 from .lane import WireLane
@@ -83,22 +83,16 @@ async def _open(link, sock):
 
 async def _connect(loop, sock, address):
     """loop.sock_connect(), but a unix socket is tried again while its
-    listener's backlog is full: connect() then fails with EAGAIN and leaves
-    the socket unconnected, and sock_connect() would take that for a
-    connection in progress and return (the first recv() then fails with
-    EINVAL).  A unix connect() never is in progress: it is made or refused
-    at once.  The caller bounds the wait (connect_timeout)."""
+    listener's backlog is full: sock_connect() would take the EAGAIN of
+    connect() for a connection in progress and return with the socket
+    unconnected (the first recv() then fails with EINVAL).  The caller
+    bounds the wait (connect_timeout)."""
     if sock.family != socket.AF_UNIX:
         await loop.sock_connect(sock, address)
         return
-    delay = CONNECT_RETRY_FIRST_S
-    while True:
-        try:
-            sock.connect(address)
-            return
-        except (BlockingIOError, InterruptedError):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
+    pauses = connect_pauses()
+    while not connect_once(sock, address):
+        await asyncio.sleep(next(pauses))
 
 
 async def _offer_ring(lane, sock):
