@@ -100,7 +100,29 @@ def pipeline(target, window=4096):
     return Pipeline(target, window)
 
 
-class _Oneway:
+class OnewayCalls:
+    """Methods, item assignment and deletion as calls that are sent and
+    never answered; a subclass says how one is sent (_send)."""
+
+    __slots__ = ()
+
+    def _send(self, method, args, kwds=None):
+        raise NotImplementedError
+
+    def __getattr__(self, name):
+        def call(*args, **kwds):
+            self._send(name, args, kwds)
+        call.__name__ = name
+        return call
+
+    def __setitem__(self, key, value):
+        self._send("__setitem__", (key, value))
+
+    def __delitem__(self, key):
+        self._send("__delitem__", (key,))
+
+
+class _Oneway(OnewayCalls):
     """Calls on a proxy that send a request and never wait for its reply."""
 
     __slots__ = ("_proxy",)
@@ -117,18 +139,6 @@ class _Oneway:
         except BaseException as exc:
             peer._failed(conn, exc)
             raise
-
-    def __getattr__(self, name):
-        def call(*args, **kwds):
-            self._send(name, args, kwds)
-        call.__name__ = name
-        return call
-
-    def __setitem__(self, key, value):
-        self._send("__setitem__", (key, value))
-
-    def __delitem__(self, key):
-        self._send("__delitem__", (key,))
 
 
 def _is_async_view(target):

@@ -34,6 +34,7 @@ import inspect
 import keyword
 
 from .. import _protocol as P
+from ..pipeline import OnewayCalls
 from ..proxies import BaseProxy
 from . import ops
 from .call import OpCall, PlainCall
@@ -507,7 +508,7 @@ def view_of(value):
 
 
 
-class OnewayView:
+class OnewayView(OnewayCalls):
     """``fastmgr.oneway(view)``: calls that are sent and never answered
     (errors are dropped on the server), on the shared lane of the running
     loop.  They return None at once."""
@@ -521,15 +522,3 @@ class OnewayView:
         view = self._view
         link = view._link_now()
         link.send_oneway(view._ident, method, args, kwds)
-
-    def __getattr__(self, name):
-        def call(*args, **kwds):
-            self._send(name, args, kwds)
-        call.__name__ = name
-        return call
-
-    def __setitem__(self, key, value):
-        self._send("__setitem__", (key, value))
-
-    def __delitem__(self, key):
-        self._send("__delitem__", (key,))
