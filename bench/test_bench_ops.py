@@ -10,6 +10,7 @@ from fastmgr import _bench, _bench_aio
 TIME_OPS = [op for op in _bench.OPS if op.kind == "time"]
 CLIENT_OPS = [op for op in _bench.OPS if op.kind == "clients"]
 AIO_OPS = [op for op in _bench.OPS if op.kind == "aio"]
+FLOOR_OPS = [op for op in TIME_OPS if op.floor is not None]
 CALLS_PER_CLIENT = 2000
 
 
@@ -26,7 +27,10 @@ def impl(request):
 def test_op(benchmark, managers, op, impl):
     benchmark.group = op.name
     manager = managers(impl, op.address, op.pinned)
-    fn = op.setup(manager, impl)
+    try:
+        fn = op.setup(manager, impl)
+    except _bench.Skip as exc:
+        pytest.skip(str(exc))
     if op.pinned:
         with _bench.pinned_to_one_cpu([manager._process.pid]):
             benchmark(fn)
@@ -34,10 +38,11 @@ def test_op(benchmark, managers, op, impl):
         benchmark(fn)
 
 
-def test_socket_floor(benchmark):
-    """The bare 1 MiB socketpair round trip, in the 1 MiB argument's group."""
-    benchmark.group = _bench.find_op("1 MiB bytes argument").name
-    floor = _bench.SocketFloor()
+@pytest.mark.parametrize("op", FLOOR_OPS, ids=[_slug(op.name) for op in FLOOR_OPS])
+def test_socket_floor(benchmark, op):
+    """The bare socketpair round trip moving the same bytes, in the op's group."""
+    benchmark.group = op.name
+    floor = _bench.SocketFloor(op.floor.size, op.floor.both_ways)
     try:
         benchmark(floor.call)
     finally:

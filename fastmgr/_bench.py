@@ -24,9 +24,16 @@ Besides per-op times there are four other kinds of row:
   socketpair (4-byte length + 1 MiB in one sendall, read with recv_into
   into a preallocated buffer, 1-byte reply), timed in the same rounds as the
   1 MiB argument, which is then shown as a multiple of it;
+- ``socket floor, N MiB both ways``: the same, but the other process sends
+  the N MiB back (read into a preallocated buffer too), timed in the same
+  rounds as the N MiB ndarray rows (which move N MiB each way: ``put``
+  then ``get``);
 - ``asyncio, ...`` and ``uvloop, ...``: awaits on an event loop, the
   stdlib's calls handed to executor threads against ``fastmgr.aio`` views
   (see ``_bench_aio.py``).
+
+The ndarray rows need numpy (``pip install 'fastmgr[bench]'``); without it
+they are skipped with a note.
 
 The pytest-benchmark suite in ``bench/`` reuses the op definitions here.
 """
@@ -68,8 +75,22 @@ class FastManager(fastmgr.SyncManager):
     pass
 
 
+class Store:
+    """Keeps one value: a custom object that large values go through."""
+
+    def __init__(self):
+        self.value = None
+
+    def put(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
 for _cls in (StdlibManager, FastManager):
     _cls.register("Maths", Maths)
+    _cls.register("Store", Store)
 
 MANAGERS = {"stdlib": StdlibManager, "fastmgr": FastManager}
 
@@ -159,6 +180,63 @@ def op_proxy_creation(m, impl):
     return m.Maths
 
 
+class Skip(Exception):
+    """An op that cannot run here (a missing optional dependency)."""
+
+
+def _ndarray(mib):
+    try:
+        import numpy
+    except ImportError:
+        raise Skip("needs numpy (pip install 'fastmgr[bench]')") from None
+    return numpy.random.default_rng(0).random((mib << 20) // 8)
+
+
+def _checked(value, expected):
+    if value.nbytes != expected.nbytes:
+        raise RuntimeError("got %d bytes back, not %d" % (value.nbytes, expected.nbytes))
+
+
+def op_ndarray_method(mib):
+    def setup(m, impl):
+        store, array = m.Store(), _ndarray(mib)
+
+        def put_get():
+            store.put(array)
+            _checked(store.get(), array)
+        return put_get
+    return setup
+
+
+def op_ndarray_queue(mib):
+    def setup(m, impl):
+        q, array = m.Queue(), _ndarray(mib)
+
+        def put_get():
+            q.put(array)
+            _checked(q.get(), array)
+        return put_get
+    return setup
+
+
+BIG_ENTRIES = 100000
+
+
+def op_big_list_slice(m, impl):
+    items = m.list([("key%d" % i, i * 0.5) for i in range(BIG_ENTRIES)])
+    return lambda: items[:]
+
+
+def op_big_dict_copy(m, impl):
+    d = m.dict({"key%d" % i: i * 0.5 for i in range(BIG_ENTRIES)})
+    return d.copy
+
+
+def op_big_dict_items(m, impl):
+    d = m.dict({"key%d" % i: i * 0.5 for i in range(BIG_ENTRIES)})
+    return d.items
+
+
 PIPELINED_CALLS = 10000
 
 
@@ -178,18 +256,31 @@ def op_pipelined_loop(m, impl):
     return pipelined if impl == "fastmgr" else plain
 
 
+class Floor:
+    """The socket floor a row is read against: `size` bytes to the other
+    process, and back too if `both_ways` (else a 1-byte reply)."""
+
+    def __init__(self, size, both_ways=False):
+        self.size, self.both_ways = size, both_ways
+
+    @property
+    def name(self):
+        return "socket floor, %d MiB%s" % (self.size >> 20, " both ways" if self.both_ways else "")
+
+
 class Op:
     """One row of the comparison.
 
     kind "time": `setup(manager, impl)` returns a callable timed `n` times a
-    round; "clients": throughput of `n` client processes; "startup": manager
-    start-up; "aio": `setup(manager, impl)` returns `async batch(n)`, run
-    on an event loop of kind `loop` (see _bench_aio.py).  `address` is
-    "unix" or "tcp"; `pinned` runs the row on one CPU; `floor` also times
-    the socket floor for 1 MiB."""
+    round (it may raise Skip); "clients": throughput of `n` client
+    processes; "startup": manager start-up; "aio": `setup(manager, impl)`
+    returns `async batch(n)`, run on an event loop of kind `loop` (see
+    _bench_aio.py).  `address` is "unix" or "tcp"; `pinned` runs the row on
+    one CPU; `floor` (a Floor) also times that socket floor in the same
+    rounds."""
 
     def __init__(self, name, setup=None, n=1, kind="time", address="unix", pinned=False,
-                 floor=False, loop=None):
+                 floor=None, loop=None):
         self.name, self.setup, self.n, self.kind = name, setup, n, kind
         self.address, self.pinned, self.floor = address, pinned, floor
         self.loop = loop
@@ -207,6 +298,9 @@ SMALL_CALLS = [
 
 CLIENT_COUNTS = (1, 2, 4, 8)
 
+#: (MiB, ops per round) of the ndarray rows
+NDARRAY_SIZES = ((1, 10), (8, 2), (64, 1))
+
 OPS = (
     [Op(name, setup, 2000) for name, setup in SMALL_CALLS]
     + [Op("Namespace write", op_namespace_write, 2000),
@@ -214,7 +308,14 @@ OPS = (
        Op("Value read", op_value_read, 2000),
        Op("Queue put+get", op_queue_put_get, 1000),
        Op("Lock acquire+release", op_lock_acquire_release, 1000),
-       Op("1 MiB bytes argument", op_bytes_1mib, 20, floor=True),
+       Op("1 MiB bytes argument", op_bytes_1mib, 20, floor=Floor(1 << 20))]
+    + [Op("%d MiB ndarray, custom method put+get" % mib, op_ndarray_method(mib), n,
+          floor=Floor(mib << 20, both_ways=True)) for mib, n in NDARRAY_SIZES]
+    + [Op("%d MiB ndarray, Queue put+get" % mib, op_ndarray_queue(mib), n,
+          floor=Floor(mib << 20, both_ways=True)) for mib, n in NDARRAY_SIZES]
+    + [Op("100k (str, float) list, l[:]", op_big_list_slice, 5),
+       Op("100k dict, d.copy()", op_big_dict_copy, 5),
+       Op("100k dict, d.items()", op_big_dict_items, 5),
        Op("10k-int list, unix", op_list_10k, 50),
        Op("10k-int list, TCP", op_list_10k, 10, address="tcp"),
        Op("proxy creation", op_proxy_creation, 100),
@@ -269,38 +370,47 @@ def pinned_to_one_cpu(pids):
 FLOOR_SIZE = 1 << 20
 
 
-def _floor_server(sock, other_end):
+def _recv_exactly_into(sock, view):
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:], len(view) - got)
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
+def _floor_server(sock, other_end, size, both_ways):
     other_end.close()  # inherited through fork: EOF must reach us
-    buf = bytearray(FLOOR_SIZE + 4)
+    buf = bytearray(size + 4)
     view = memoryview(buf)
     while True:
-        got = 0
-        while got < 4:
-            n = sock.recv_into(view[got:4])
-            if n == 0:
-                return
-            got += n
+        if not _recv_exactly_into(sock, view[:4]):
+            return
         length = struct.unpack("!I", view[:4])[0]
-        got = 0
-        while got < length:
-            got += sock.recv_into(view[got:length], length - got)
-        sock.sendall(b"\x01")
+        _recv_exactly_into(sock, view[:length])
+        if both_ways:
+            sock.sendall(view[:length])
+        else:
+            sock.sendall(b"\x01")
 
 
 class SocketFloor:
-    """The 1 MiB ping-pong; call() is one round trip."""
+    """A ping-pong over a bare socketpair; call() is one round trip: size
+    bytes there, and back if both_ways (else a 1-byte reply)."""
 
-    def __init__(self, size=FLOOR_SIZE):
+    def __init__(self, size=FLOOR_SIZE, both_ways=False):
         self._sock, theirs = socket.socketpair()
         self._process = multiprocessing.get_context("fork").Process(
-            target=_floor_server, args=(theirs, self._sock), daemon=True)
+            target=_floor_server, args=(theirs, self._sock, size, both_ways), daemon=True)
         self._process.start()
         theirs.close()
         self._message = struct.pack("!I", size) + bytes(size)
+        self._back = memoryview(bytearray(size if both_ways else 1))
 
     def call(self):
         self._sock.sendall(self._message)
-        if self._sock.recv(1) != b"\x01":
+        if not _recv_exactly_into(self._sock, self._back):
             raise RuntimeError("socket floor server died")
 
     def close(self):
@@ -398,8 +508,8 @@ def _measure_time_op(op, rounds, scale):
         for impl in IMPLEMENTATIONS:
             managers.append(start_manager(impl, op.address))
             fns[impl] = op.setup(managers[-1], impl)
-        if op.floor:
-            floor = SocketFloor()
+        if op.floor is not None:
+            floor = SocketFloor(op.floor.size, op.floor.both_ways)
             fns["floor"] = floor.call
         n = max(1, int(op.n * scale))
         if op.pinned:
@@ -453,10 +563,15 @@ def measure_op(op, rounds=5, scale=1.0):
     if op.kind == "aio":
         return _bench_aio.measure_aio_op(op.setup, op.loop, start_manager, IMPLEMENTATIONS,
                                          max(1, int(op.n * scale)), rounds)
-    return _measure_time_op(op, rounds, scale)
+    try:
+        return _measure_time_op(op, rounds, scale)
+    except Skip as exc:
+        return {"skipped": str(exc)}
 
 
 def make_row(op, result):
+    if "skipped" in result:
+        return {"op": op.name, "skipped": result["skipped"]}
     if op.kind == "clients":
         return {"op": op.name, "unit": "calls/s", "stdlib": result["stdlib"],
                 "fastmgr": result["fastmgr"], "speedup": result["fastmgr"] / result["stdlib"],
@@ -465,6 +580,7 @@ def make_row(op, result):
            "fastmgr": result["fastmgr"] * 1e6, "speedup": result["stdlib"] / result["fastmgr"]}
     if "floor" in result:
         row["floor"] = result["floor"] * 1e6
+        row["floor_name"] = op.floor.name
         row["floor_multiple"] = result["fastmgr"] / result["floor"]
     return row
 
@@ -477,7 +593,7 @@ def run(ops=None, rounds=5, scale=1.0, progress=sys.stderr):
     measured = {}  # their results, measured when the first of them comes
     rows = []
     for index, op in enumerate(selected, 1):
-        print("[%2d/%d] %-34s" % (index, len(selected), op.name), end="", file=progress,
+        print("[%2d/%d] %-40s" % (index, len(selected), op.name), end="", file=progress,
               flush=True)
         started = time.perf_counter()
         if op.kind == "clients":
@@ -487,6 +603,9 @@ def run(ops=None, rounds=5, scale=1.0, progress=sys.stderr):
         else:
             row = make_row(op, measure_op(op, rounds, scale))
         rows.append(row)
+        if "skipped" in row:
+            print("skipped: %s" % row["skipped"], file=progress, flush=True)
+            continue
         print("%12s %12s %8.1fx  (%.1f s)" % (
             _fmt(row["stdlib"], row["unit"]), _fmt(row["fastmgr"], row["unit"]), row["speedup"],
             time.perf_counter() - started), file=progress, flush=True)
@@ -498,7 +617,7 @@ def _annotate(rows):
     by_name = {row["op"]: row for row in rows}
     for row in rows:
         if "floor" in row:
-            row["note"] = "%.2fx socket floor" % row["floor_multiple"]
+            row["note"] = "%.2fx %s" % (row["floor_multiple"], row["floor_name"])
     eight, two = by_name.get("throughput, 8 clients"), by_name.get("throughput, 2 clients")
     if eight and two:
         eight["fastmgr_vs_2_clients"] = statistics.median(
@@ -508,7 +627,7 @@ def _annotate(rows):
     for row in rows:
         out.append(row)
         if "floor" in row:
-            out.append({"op": "socket floor, 1 MiB", "unit": "us", "value": row["floor"],
+            out.append({"op": row["floor_name"], "unit": "us", "value": row["floor"],
                         "note": "bare socketpair round trip, same rounds"})
     return out
 
@@ -524,13 +643,16 @@ def _fmt(value, unit):
 
 
 def format_table(rows):
-    lines = ["%-34s %12s %12s %9s  %s" % ("op", "stdlib", "fastmgr", "speedup", "")]
+    lines = ["%-40s %12s %12s %9s  %s" % ("op", "stdlib", "fastmgr", "speedup", "")]
     for row in rows:
+        if "skipped" in row:
+            lines.append("%-40s %12s %12s %9s  skipped: %s" % (row["op"], "", "", "", row["skipped"]))
+            continue
         if "value" in row:  # a reference row: one figure, no comparison
-            lines.append("%-34s %12s %12s %9s  %s" % (
+            lines.append("%-40s %12s %12s %9s  %s" % (
                 row["op"], "", _fmt(row["value"], row["unit"]), "", row.get("note", "")))
             continue
-        lines.append("%-34s %12s %12s %8.1fx  %s" % (
+        lines.append("%-40s %12s %12s %8.1fx  %s" % (
             row["op"], _fmt(row["stdlib"], row["unit"]), _fmt(row["fastmgr"], row["unit"]),
             row["speedup"], row.get("note", "")))
     lines.append("(times per op, median of rounds; throughput in calls/s summed over clients; "

@@ -1,6 +1,8 @@
-"""`python -m fastmgr bench`'s throughput rows: measured together, so that
-8 clients compare with 2 in the same stretch of time (no timing asserted)."""
+"""`python -m fastmgr bench`: its throughput rows are measured together, so
+that 8 clients compare with 2 in the same stretch of time; rows that need
+numpy skip without it; the machine is described (no timing asserted)."""
 import io
+import sys
 
 import pytest
 
@@ -90,3 +92,11 @@ def test_plot_states_the_machine(tmp_path):
     path = tmp_path / "bench.png"
     _bench.plot(rows, str(path), info)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ndarray_rows_skip_without_numpy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` fails
+    rows = _bench.run(ops=["1 MiB ndarray, custom method"], scale=0.1, progress=io.StringIO())
+    assert [row["op"] for row in rows] == ["1 MiB ndarray, custom method put+get"]
+    assert "numpy" in rows[0]["skipped"]
+    assert "skipped: " in _bench.format_table(rows)
