@@ -146,12 +146,16 @@ tag   type       payload
 0x09  list       u32 n, then n values
 0x0a  dict       u32 n, then n (key, value) pairs
 0x0b  pickle     u32 n, then n bytes of a protocol-5 pickle
+0x0c  bytes      none: the message's next out-of-band buffer (kind BUF_BYTES)
+0x0d  pickle     u32 k, u32 n, then n bytes of a protocol-5 pickle whose
+                 out-of-band buffers are the message's next k buffers
+                 (k >= 1, each of kind BUF_BYTEARRAY)
 ====  =========  ==========================================================
 
 Only objects whose type is *exactly* one of the first ten (not a subclass:
 ``bool`` is its own tag, an ``IntEnum`` is pickled) are encoded natively.
-Everything else, and a str/bytes/container of 2**32 or more bytes/items, is
-pickled.  Native nesting deeper than ``MAX_DEPTH`` makes the whole top-level
+Everything else, and a str/bytes/container of 2**32 or more bytes/items (but
+a bytes value that goes out of band), is pickled.  Native nesting deeper than ``MAX_DEPTH`` makes the whole top-level
 value fall back to pickle (so recursive structures survive).
 Native decoding gives fresh containers: two references to one list arrive
 as two equal lists, where pickle would keep them one.
@@ -170,6 +174,57 @@ real data.  Not counted: ints of magnitude below the hash modulus
 (``sys.hash_info.modulus``; no two of them share a hash, but for -1 and -2),
 and str and bytes keys while their hashes are randomised
 (``sys.flags.hash_randomization``).
+
+Out-of-band buffers (large values)
+----------------------------------
+The bytes of a large value do not travel inside the encoding: they follow
+it, each in a buffer of its own, so that the sender sends them straight
+from the value's memory (one ``sendmsg`` with the rest of the message) and
+the receiver reads each straight into the memory the decoded value keeps
+(``pickle.loads(..., buffers=...)`` uses it in place).  A body that
+carries buffers starts with the byte ``BODY_BUFFERS``, which no other body
+starts with (a request or response kind, or a value tag)::
+
+    u8 BODY_BUFFERS | u32 count | count x (u8 kind, u64 size)
+    | inline body | buffer 1 | ... | buffer count
+
+The *inline body* is an ordinary body (a request, a response or a value)
+whose ``0x0c``/``0x0d`` values take the buffers in order.  The kinds say
+what the receiver allocates before it reads a buffer: ``BUF_BYTES`` a
+``bytes`` object (a ``0x0c`` value), ``BUF_BYTEARRAY`` a ``bytearray``
+handed to the unpickler (a ``0x0d`` value: a numpy array becomes a view of
+it, a ``bytearray`` is it, a ``memoryview`` is a view of it, read-only if
+the sender's was).
+
+Which bytes go out of band (the same rule in both wires, so that they write
+the same bytes):
+
+- a ``bytes`` value at a native place (the top level, or an item of a
+  native tuple, list or dict) of ``OOB_MIN`` bytes or more: tag ``0x0c``;
+- every buffer the pickler offers (``pickle.PickleBuffer``: the data of a
+  contiguous numpy array, or of anything else that pickles with protocol 5
+  buffers) of ``OOB_MIN`` bytes or more, and a ``bytearray`` or
+  ``memoryview`` of ``OOB_MIN`` bytes or more, at a native place or inside
+  a pickled value (a ``bytearray`` only at a native place: pickle writes one
+  nested in other objects itself);
+- while the message holds fewer than ``MAX_BUFFERS`` buffers: later ones,
+  and smaller ones, stay inline (``0x07``, or inside the pickle).
+
+A pickle with no buffer out of band is an ordinary ``0x0b`` value; a body
+with no buffer has no ``BODY_BUFFERS`` prefix: small messages are
+unchanged.  A reader checks, before it allocates anything: ``1 <= count
+<= MAX_BUFFERS``; every kind known; every size at least ``OOB_MIN``; the
+prefix, the sizes and at least one inline byte within the body (whose size
+the frame header already held to the reader's limit).  So one message
+never makes a reader allocate more than the limit.  After decoding, every
+buffer must have been taken, by a value of its kind (``ProtocolError``
+otherwise).  Under ``safe`` a ``0x0d`` value is refused like ``0x0b``.
+
+A sender refuses a message whose body would exceed its own limit with
+``MessageTooLarge`` before a byte of it leaves, so the connection stays
+usable (both ends of a manager have the same limit).  A server whose
+reply is too large sends, instead, a ``RESP_ERROR`` carrying the
+``MessageTooLarge``.
 
 Envelope
 --------
@@ -208,7 +263,7 @@ text as ``RESP_FAILURE``; for any other value, the traceback of the
 encoding error as ``RESP_FAILURE``.
 """
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: out-of-band buffers (2: the stdlib's handshake)
 
 #: after the digest name of the server's challenge, and first in the
 #: client's answer: the last byte is the protocol version
@@ -291,6 +346,23 @@ T_TUPLE = 0x08
 T_LIST = 0x09
 T_DICT = 0x0A
 T_PICKLE = 0x0B
+T_BYTES_OOB = 0x0C
+T_PICKLE_OOB = 0x0D
+
+# out-of-band buffers (see "Out-of-band buffers")
+#: the first byte of a body that carries out-of-band buffers
+BODY_BUFFERS = 0x80
+#: what a buffer becomes: a bytes value, or a bytearray for the unpickler
+BUF_BYTES = 0x00
+BUF_BYTEARRAY = 0x01
+#: the smallest buffer that goes out of band
+OOB_MIN = 64 * 1024
+#: most buffers in one message
+MAX_BUFFERS = 64
+#: bytes of a buffer-table entry: u8 kind, u64 size
+BUFFER_ENTRY_SIZE = 9
+#: bytes before the table: u8 BODY_BUFFERS, u32 count
+BUFFER_PREFIX_SIZE = 5
 
 # request kinds
 REQ_CALL = 0x01

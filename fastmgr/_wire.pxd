@@ -23,6 +23,8 @@ cdef enum:
     T_LIST = 0x09
     T_DICT = 0x0A
     T_PICKLE = 0x0B
+    T_BYTES_OOB = 0x0C
+    T_PICKLE_OOB = 0x0D
     # envelope kinds (_protocol.REQ_* / RESP_*)
     REQ_CALL = 0x01
     REQ_ONEWAY = 0x02
@@ -37,6 +39,14 @@ cdef enum:
     REQUEST_IDENT_OFFSET = 1        # the u64 ident, after the kind byte
     REQUEST_HEAD_SIZE = 9           # kind and ident: the method name follows
     RESPONSE_HEAD_SIZE = 1          # the kind: the value follows
+    # out-of-band buffers (_protocol.py, "Out-of-band buffers")
+    BODY_BUFFERS = 0x80             # the first byte of a body that carries them
+    BUF_BYTES = 0x00                # a buffer that becomes a bytes value
+    BUF_BYTEARRAY = 0x01            # a buffer that becomes a bytearray, for the unpickler
+    OOB_MIN = 65536                 # the smallest buffer that goes out of band
+    MAX_BUFFERS = 64                # most buffers in one message
+    BUFFER_PREFIX_SIZE = 5          # BODY_BUFFERS, then the u32 count
+    BUFFER_ENTRY_SIZE = 9           # an entry of the table: u8 kind, u64 size
     # the largest spin budget (µs); see FM_STALE_NS (_protocol.MAX_SPIN_US)
     MAX_SPIN_US = 10000
     # a message of this many bytes or more takes the detour through the
@@ -51,8 +61,14 @@ cdef enum:
 
     # encoder result: the value nests too deeply and must be pickled whole
     TOO_DEEP = 1
-    # most large bytes values one message keeps external (see WriteBuffer)
-    MAX_EXTERNALS = 64
+    # the segments one send takes at most: inline bytes, and the
+    # out-of-band buffers of one frame (every frame with buffers is sent
+    # before another is queued: see WriteBuffer), around them
+    MAX_SEGMENTS = 2 * 64 + 2
+    # a received buffer this large gets huge pages where the kernel has
+    # them transparently: faulting in 4 KiB pages one by one costs more
+    # than copying them (numpy asks the same for its arrays from 4 MiB)
+    HUGE_BUFFER_MIN = 4194304
     # the first part of a large message to a sleeping reader, after which
     # the reader is woken (_ring_send_iov)
     RING_FIRST_PUT = 32768
@@ -91,6 +107,9 @@ cdef enum:
 
     # -- the hub (hub.pxi) --
     MAX_EVENTS = 64
+    # bytes a hub reads of a large frame before it knows whether its body
+    # carries out-of-band buffers (a whole table, and the request's ident)
+    HUB_PEEK = 4096
     # with rings to watch, the spinning loop asks epoll (for sockets and
     # new connections) only every this many turns
     RING_TURNS_PER_EPOLL = 8
@@ -103,6 +122,9 @@ cdef enum FrameState:
     FRAME_TOO_LARGE     # the header announces more than the limit
     FRAME_MALFORMED     # the header's length is negative (and not the long form's -1)
     FRAME_NEEDS_CARE    # for a hub: too large, malformed or long: _recv_frame() decides
+    FRAME_BUFFERS       # for a hub: the head of a larger frame whose body carries
+                        # out-of-band buffers, up to its request's ident (the rest is
+                        # read straight into them, _recv_message)
 
 
 # _hub_serve_ready() outcomes (hub.pxi)
@@ -129,13 +151,14 @@ cdef struct SpinState:
 
 @cython.final
 cdef class WriteBuffer:
-    cdef unsigned char* buf     # owned allocation
+    cdef unsigned char* buf     # owned allocation: the inline bytes
     cdef Py_ssize_t length      # inline bytes written
     cdef Py_ssize_t capacity    # bytes allocated
-    cdef bint allow_external    # whether large bytes may stay external
-    cdef list externals         # [(inline offset, bytes object)], offsets ascending
-    cdef Py_ssize_t ext_bytes   # total size of the externals
-    cdef Py_ssize_t frame_ext   # ext_bytes when the open frame began
+    cdef list oob               # out-of-band segments: [(inline offset, bytes or flat
+                                # memoryview)], offsets ascending; they keep the memory alive
+    cdef Py_ssize_t noob        # len(oob)
+    cdef Py_ssize_t oob_bytes   # total size of the out-of-band segments
+    cdef Py_ssize_t body_oob    # noob when the open body began
 
     cdef inline void reset(self) noexcept
     cdef inline Py_ssize_t total(self) noexcept
@@ -145,10 +168,17 @@ cdef class WriteBuffer:
     cdef inline int write_tag_u32(self, uint8_t tag, uint32_t v) except -1
     cdef inline int write_tag_u64(self, uint8_t tag, uint64_t v) except -1
     cdef inline int write_raw(self, const void* data, Py_ssize_t n) except -1
-    cdef int write_bytes(self, bytes data) except -1
+    cdef inline Py_ssize_t buffer_room(self) noexcept
+    cdef int add_buffer(self, object data) except -1
+    cdef int drop_buffers(self, Py_ssize_t count) except -1
+    cdef inline Py_ssize_t begin_body(self) noexcept
+    cdef Py_ssize_t end_body(self, Py_ssize_t start) except -1
     cdef inline Py_ssize_t begin_frame(self) except -1
-    cdef int end_frame(self, Py_ssize_t start) except -1
-    cdef bytes body(self)
+    cdef int end_frame(self, Py_ssize_t start, Py_ssize_t limit) except -1
+    cdef bytes joined(self)
+
+
+cdef class _Taken
 
 
 @cython.final
@@ -156,7 +186,6 @@ cdef class Codec:
     cdef readonly str serializer  # one of _protocol.SERIALIZERS
     cdef bint may_pickle        # "pickle": types without a tag are pickled
     cdef bint tuples_as_lists   # "xmlrpclib": decode T_TUPLE as list
-    cdef WriteBuffer out        # scratch buffer of dumps()/encode_*()
 
     cdef int _pickle(self, WriteBuffer buf, object obj) except -1
     cdef int _encode(self, WriteBuffer buf, object obj, int depth) except -1
@@ -166,12 +195,25 @@ cdef class Codec:
     cdef int encode_request_into(self, WriteBuffer buf, int kind, uint64_t ident,
                                  object method, object args, object kwds) except -1
     cdef int encode_response_into(self, WriteBuffer buf, int kind, object value) except -1
-    cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth)
+    cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth,
+                        _Taken taken)
+    cdef object _decode_bytes(self, const unsigned char* p, Py_ssize_t at, uint8_t tag,
+                              uint64_t length, uint64_t buffers, _Taken taken)
     cdef dict _decode_dict(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                           Py_ssize_t count, int depth)
-    cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos)
-    cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n)
-    cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n)
+                           Py_ssize_t count, int depth, _Taken taken)
+    cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                           _Taken taken)
+    cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n, _Taken taken)
+    cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n, _Taken taken)
+
+
+# The out-of-band buffers of a body being decoded (outofband.pxi).
+@cython.final
+cdef class _Taken:
+    cdef list buffers           # bytes (BUF_BYTES) or bytearray objects, in the table's order
+    cdef Py_ssize_t next        # the index of the next buffer a value takes
+
+    cdef int check_all_taken(self) except -1
 
 
 @cython.final

@@ -12,9 +12,10 @@ two to the same bytes; the handshake is _handshake.py, for both.
     common.pxi       the clock, errno, memory
     spin_segment.pxi the spinner slots shared by a user's processes (fm_segment.h)
     spin_policy.pxi  the rules of a wait: how long to spin before blocking
-    buffers.pxi      WriteBuffer: outgoing frames, large bytes sent in place
+    buffers.pxi      WriteBuffer: outgoing frames, large buffers sent in place
     framing.pxi      frame headers (read in one place, _frame_at), FrameReader
     codec.pxi        Codec: values and envelopes to bytes and back
+    outofband.pxi      large values' buffers: their table, taking and receiving them
     connection.pxi   Connection: its Python surface, receiving, sending
     socket_path.pxi    bytes through the socket: spin, then block
     rings.pxi          bytes through shared-memory rings (fm_ring.h)
@@ -55,6 +56,7 @@ through rings.pxi instead; with TLS, through tls.pxi.
 
 cimport cython
 from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next, PyDict_SetItem, PyDict_Size
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
@@ -62,7 +64,7 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLongLong
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.memoryview cimport PyMemoryView_FromMemory, PyMemoryView_GET_BUFFER
 from cpython.object cimport PyObject, PyObject_Hash
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_INCREF
@@ -98,6 +100,7 @@ include "_wirelib/spin_policy.pxi"
 include "_wirelib/buffers.pxi"
 include "_wirelib/framing.pxi"
 include "_wirelib/codec.pxi"
+include "_wirelib/outofband.pxi"
 include "_wirelib/connection.pxi"
 include "_wirelib/socket_path.pxi"
 include "_wirelib/rings.pxi"

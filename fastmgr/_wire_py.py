@@ -18,13 +18,20 @@ from . import _pickling
 from ._handshake import answer_challenge, deliver_challenge  # noqa: F401 (WIRE_API)
 from ._settings import SPIN_US
 from ._protocol import (
+    BODY_BUFFERS,
+    BUF_BYTEARRAY,
+    BUF_BYTES,
+    BUFFER_ENTRY_SIZE,
+    BUFFER_PREFIX_SIZE,
     COPY_THRESHOLD,
     DEFAULT_MAX_MESSAGE,
     FRAME_HEADER_SIZE,
     LONG_FRAME_HEADER_SIZE,
+    MAX_BUFFERS,
     MAX_DEPTH,
     MAX_SHORT_FRAME,
     MAX_SPIN_US,
+    OOB_MIN,
     REQ_CALL,
     REQUEST_HEAD_SIZE,
     REQ_ONEWAY,
@@ -36,6 +43,7 @@ from ._protocol import (
     SERIALIZERS,
     T_BIGINT,
     T_BYTES,
+    T_BYTES_OOB,
     T_DICT,
     T_FALSE,
     T_FLOAT,
@@ -43,6 +51,7 @@ from ._protocol import (
     T_LIST,
     T_NONE,
     T_PICKLE,
+    T_PICKLE_OOB,
     T_STR,
     T_TRUE,
     T_TUPLE,
@@ -69,6 +78,8 @@ _f64 = struct.Struct("<d")
 _request_head = struct.Struct("<BQ")  # kind, ident: REQUEST_HEAD_SIZE bytes
 _frame_len = struct.Struct("!i")
 _frame_len64 = struct.Struct("!Q")
+_buffer_prefix = struct.Struct("<BI")  # BODY_BUFFERS, count
+_buffer_entry = struct.Struct("<BQ")  # kind, size
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +124,110 @@ def _bigint_bytes(i):
     return i.to_bytes((magnitude.bit_length() + 8) // 8, "little", signed=True)
 
 
+class _Body:
+    """One body being encoded: its inline chunks and its out-of-band
+    buffers, ``(kind, data)`` (see ``_protocol.py``, "Out-of-band buffers")."""
+
+    __slots__ = ("chunks", "buffers")
+
+    def __init__(self):
+        self.chunks = []
+        self.buffers = []
+
+    def parts(self):
+        """The body as bytes-like parts: the inline bytes (behind the buffer
+        table when there are buffers), then each buffer."""
+        inline = b"".join(self.chunks)
+        if not self.buffers:
+            return [inline]
+        table = [_buffer_prefix.pack(BODY_BUFFERS, len(self.buffers))]
+        table += [_buffer_entry.pack(kind, len(data)) for kind, data in self.buffers]
+        return [b"".join(table) + inline] + [data for _, data in self.buffers]
+
+    def joined(self):
+        return b"".join(self.parts())
+
+
+class _Taken:
+    """The out-of-band buffers of a body being decoded, taken in order by
+    its values."""
+
+    __slots__ = ("buffers", "kinds", "next")
+
+    def __init__(self, kinds, buffers):
+        self.kinds = kinds
+        self.buffers = buffers
+        self.next = 0
+
+    def take(self, count, kind):
+        if self.next + count > len(self.buffers):
+            raise ProtocolError("a value takes more out-of-band buffers than the message has")
+        taken = self.buffers[self.next : self.next + count]
+        for k in self.kinds[self.next : self.next + count]:
+            if k != kind:
+                raise ProtocolError("an out-of-band buffer of kind %d where %d is due" % (k, kind))
+        self.next += count
+        return taken
+
+    def check_all_taken(self):
+        if self.next != len(self.buffers):
+            raise ProtocolError("%d out-of-band buffers left unused" % (len(self.buffers) - self.next))
+
+
+def _no_buffers(count, kind):
+    raise ProtocolError("a value takes an out-of-band buffer in a body without buffers")
+
+
+def _table_size(prefix, body_size):
+    """The size of the buffer table (its prefix included) that ``prefix``
+    (the first BUFFER_PREFIX_SIZE bytes of a body that starts with
+    BODY_BUFFERS) announces."""
+    if body_size < BUFFER_PREFIX_SIZE:
+        raise ProtocolError("truncated buffer table")
+    _, count = _buffer_prefix.unpack_from(prefix)
+    if not 1 <= count <= MAX_BUFFERS:
+        raise ProtocolError("a message with %d out-of-band buffers" % count)
+    size = BUFFER_PREFIX_SIZE + count * BUFFER_ENTRY_SIZE
+    if size > body_size:
+        raise ProtocolError("truncated buffer table")
+    return size
+
+
+def _buffer_table(table, body_size):
+    """[(kind, size)] from a whole buffer table (``_table_size`` bytes).
+    With _table_size, every check of "Out-of-band buffers" is made here,
+    before anything is allocated."""
+    entries = []
+    total = 0
+    for at in range(BUFFER_PREFIX_SIZE, _table_size(table, body_size), BUFFER_ENTRY_SIZE):
+        kind, size = _buffer_entry.unpack_from(table, at)
+        if kind not in (BUF_BYTES, BUF_BYTEARRAY):
+            raise ProtocolError("unknown out-of-band buffer kind 0x%02x" % kind)
+        if size < OOB_MIN:
+            raise ProtocolError("an out-of-band buffer of %d bytes, fewer than %d" % (size, OOB_MIN))
+        total += size
+        entries.append((kind, size))
+    if len(table) + total >= body_size:
+        raise ProtocolError("out-of-band buffers larger than their message")
+    return entries
+
+
+def _split_body(data):
+    """(inline body, _Taken or None) of a whole body held in memory."""
+    if len(data) == 0 or data[0] != BODY_BUFFERS:
+        return data, None
+    table = data[: _table_size(data, len(data))]
+    entries = _buffer_table(table, len(data))
+    end = len(data)
+    buffers = []
+    for kind, size in reversed(entries):
+        chunk = data[end - size : end]
+        buffers.append(bytes(chunk) if kind == BUF_BYTES else bytearray(chunk))
+        end -= size
+    buffers.reverse()
+    return data[len(table) : end], _Taken([k for k, _ in entries], buffers)
+
+
 class Codec:
     """Encodes values and envelopes (see ``_protocol.py``, "Values")."""
 
@@ -128,18 +243,20 @@ class Codec:
 
     # -- encoding ----------------------------------------------------------
 
-    def dumps(self, obj):
-        out = []
+    def _encode_top(self, obj, body):
+        """Append one top-level value to body, pickled whole if it nests
+        too deeply."""
+        chunks, buffers = len(body.chunks), len(body.buffers)
         try:
-            self._encode(obj, out, 0)
+            self._encode(obj, body, 0)
         except _TooDeep:
-            out = []
-            self._encode_pickle(obj, out)
-        return b"".join(out)
+            del body.chunks[chunks:], body.buffers[buffers:]
+            self._encode_pickle(obj, body)
 
-    def _encode(self, obj, out, depth):
-        """Append the encoding of ``obj`` to ``out``; ``depth`` is the number
+    def _encode(self, obj, body, depth):
+        """Append the encoding of ``obj`` to ``body``; ``depth`` is the number
         of containers around it."""
+        out = body.chunks
         t = type(obj)
         if obj is None:
             out.append(_tag(T_NONE))
@@ -151,22 +268,25 @@ class Codec:
             else:
                 raw = _bigint_bytes(obj)
                 if len(raw) >= _U32_LIMIT:
-                    self._encode_pickle(obj, out)
+                    self._encode_pickle(obj, body)
                 else:
                     out.append(_tagged_length(T_BIGINT, len(raw)))
                     out.append(raw)
         elif t is float:
             out.append(_tag(T_FLOAT) + _f64.pack(obj))
+        elif t is bytes and len(obj) >= OOB_MIN and len(body.buffers) < MAX_BUFFERS:
+            out.append(_tag(T_BYTES_OOB))
+            body.buffers.append((BUF_BYTES, obj))
         elif t is str or t is bytes:
             raw = obj.encode("utf-8", "surrogatepass") if t is str else obj
             if len(raw) >= _U32_LIMIT:
-                self._encode_pickle(obj, out)
+                self._encode_pickle(obj, body)
             else:
                 out.append(_tagged_length(T_STR if t is str else T_BYTES, len(raw)))
                 out.append(raw)
         elif t is tuple or t is list or t is dict:
             if len(obj) >= _U32_LIMIT:
-                self._encode_pickle(obj, out)
+                self._encode_pickle(obj, body)
                 return
             depth += 1
             if depth > MAX_DEPTH:
@@ -174,38 +294,71 @@ class Codec:
             if t is dict:
                 out.append(_tagged_length(T_DICT, len(obj)))
                 for key, value in obj.items():
-                    self._encode(key, out, depth)
-                    self._encode(value, out, depth)
+                    self._encode(key, body, depth)
+                    self._encode(value, body, depth)
             else:
                 out.append(_tagged_length(T_TUPLE if t is tuple else T_LIST, len(obj)))
                 for item in obj:
-                    self._encode(item, out, depth)
+                    self._encode(item, body, depth)
         else:
-            self._encode_pickle(obj, out)
+            self._encode_pickle(obj, body)
 
-    def _encode_pickle(self, obj, out):
+    def _encode_pickle(self, obj, body):
         if self.serializer != "pickle":
             raise UnsafeValueError(
                 "the %r serializer cannot send %s: it needs pickle"
                 % (self.serializer, type(obj).__qualname__)
             )
-        raw = _pickling.dumps(obj)
+        raw, views = _pickling.dumps_buffers(obj, MAX_BUFFERS - len(body.buffers))
         if len(raw) >= _U32_LIMIT:
             raise ValueError("the pickle of a %s is too large to send" % type(obj).__qualname__)
-        out.append(_tagged_length(T_PICKLE, len(raw)))
-        out.append(raw)
+        if views:
+            body.chunks.append(_tag(T_PICKLE_OOB) + _u32.pack(len(views)) + _u32.pack(len(raw)))
+            body.buffers += [(BUF_BYTEARRAY, view) for view in views]
+        else:
+            body.chunks.append(_tagged_length(T_PICKLE, len(raw)))
+        body.chunks.append(raw)
+
+    def _value_body(self, obj):
+        body = _Body()
+        self._encode_top(obj, body)
+        return body
+
+    def _request_body(self, kind, ident, method, args, kwds):
+        if kind not in _REQUEST_KINDS:
+            raise ValueError("not a request kind: %r" % (kind,))
+        if not 0 <= ident < 1 << 64:
+            raise OverflowError("ident %d does not fit in 64 bits" % ident)
+        body = _Body()
+        body.chunks.append(_request_head.pack(kind, ident))
+        self._encode_top(method, body)
+        self._encode_top(args, body)
+        self._encode_top(kwds if kwds else None, body)
+        return body
+
+    def _response_body(self, kind, value):
+        if kind not in _RESPONSE_KINDS:
+            raise ValueError("not a response kind: %r" % (kind,))
+        body = _Body()
+        body.chunks.append(_u8.pack(kind))
+        self._encode_top(value, body)
+        return body
+
+    def dumps(self, obj):
+        return self._value_body(obj).joined()
+
+    def encode_request(self, kind, ident, method, args, kwds):
+        return self._request_body(kind, ident, method, args, kwds).joined()
+
+    def encode_response(self, kind, value):
+        return self._response_body(kind, value).joined()
 
     # -- decoding ----------------------------------------------------------
 
-    def loads(self, data):
-        """Decode exactly one value; trailing or missing bytes: ProtocolError."""
-        data = memoryview(data).cast("B")
-        value, pos = self._decode(data, 0, 0)
-        _expect_end(data, pos)
-        return value
-
-    def _decode(self, data, pos, depth):
-        """Decode one value at ``data[pos:]``; return (value, next position)."""
+    def _decode(self, data, pos, depth, taken):
+        """Decode one value at ``data[pos:]``, taking out-of-band buffers
+        from ``taken`` (None: the body has none); return (value, next
+        position)."""
         tag = _read(data, pos, 1)[0]
         pos += 1
         if tag == T_NONE:
@@ -218,7 +371,13 @@ class Codec:
             return _i64.unpack(_read(data, pos, 8))[0], pos + 8
         if tag == T_FLOAT:
             return _f64.unpack(_read(data, pos, 8))[0], pos + 8
-        if tag in (T_BIGINT, T_STR, T_BYTES, T_PICKLE):
+        if tag == T_BYTES_OOB:
+            return (taken.take if taken else _no_buffers)(1, BUF_BYTES)[0], pos
+        if tag in (T_BIGINT, T_STR, T_BYTES, T_PICKLE, T_PICKLE_OOB):
+            count = 0
+            if tag == T_PICKLE_OOB:
+                count = _u32.unpack(_read(data, pos, 4))[0]
+                pos += 4
             n = _u32.unpack(_read(data, pos, 4))[0]
             raw = _read(data, pos + 4, n)
             pos += 4 + n
@@ -233,7 +392,12 @@ class Codec:
                 return bytes(raw), pos
             if self.serializer != "pickle":
                 raise ProtocolError("the %r serializer does not accept pickled values" % self.serializer)
-            return _pickling.loads(raw), pos  # its exceptions propagate unchanged
+            if tag == T_PICKLE:
+                return _pickling.loads(raw), pos  # its exceptions propagate unchanged
+            if count == 0:
+                raise ProtocolError("a pickle announced with no out-of-band buffer")
+            buffers = (taken.take if taken else _no_buffers)(count, BUF_BYTEARRAY)
+            return _pickling.loads(raw, buffers=buffers), pos
         if tag in (T_TUPLE, T_LIST, T_DICT):
             depth += 1
             if depth > MAX_DEPTH:
@@ -245,8 +409,8 @@ class Codec:
                 # without pickle, keys of one hash are counted (SAME_HASH_MAX)
                 counts = {} if self.serializer != "pickle" and n > SAME_HASH_MAX else None
                 for _ in range(n):
-                    key, pos = self._decode(data, pos, depth)
-                    value, pos = self._decode(data, pos, depth)
+                    key, pos = self._decode(data, pos, depth, taken)
+                    value, pos = self._decode(data, pos, depth, taken)
                     try:
                         if counts is not None and _counted_key(key):
                             _count_hash(counts, hash(key))
@@ -256,38 +420,30 @@ class Codec:
                 return result, pos
             items = []
             for _ in range(n):
-                item, pos = self._decode(data, pos, depth)
+                item, pos = self._decode(data, pos, depth, taken)
                 items.append(item)
             if tag == T_TUPLE and self.serializer != "xmlrpclib":
                 return tuple(items), pos
             return items, pos
         raise ProtocolError("unknown value tag 0x%02x" % tag)
 
-    # -- envelopes ---------------------------------------------------------
+    def _decode_value(self, data, taken):
+        value, pos = self._decode(data, 0, 0, taken)
+        _expect_end(data, pos)
+        if taken is not None:
+            taken.check_all_taken()
+        return value
 
-    def encode_request(self, kind, ident, method, args, kwds):
-        if kind not in _REQUEST_KINDS:
-            raise ValueError("not a request kind: %r" % (kind,))
-        if not 0 <= ident < 1 << 64:
-            raise OverflowError("ident %d does not fit in 64 bits" % ident)
-        return b"".join(
-            (
-                _request_head.pack(kind, ident),
-                self.dumps(method),
-                self.dumps(args),
-                self.dumps(kwds if kwds else None),
-            )
-        )
-
-    def decode_request(self, data):
-        data = memoryview(data).cast("B")
+    def _decode_request(self, data, taken):
         kind, ident = _request_head.unpack(_read(data, 0, REQUEST_HEAD_SIZE))
         if kind not in _REQUEST_KINDS:
             raise ProtocolError("unknown request kind 0x%02x" % kind)
-        method, pos = self._decode(data, REQUEST_HEAD_SIZE, 0)
-        args, pos = self._decode(data, pos, 0)
-        kwds, pos = self._decode(data, pos, 0)
+        method, pos = self._decode(data, REQUEST_HEAD_SIZE, 0, taken)
+        args, pos = self._decode(data, pos, 0, taken)
+        kwds, pos = self._decode(data, pos, 0, taken)
         _expect_end(data, pos)
+        if taken is not None:
+            taken.check_all_taken()
         if type(method) is not str:
             raise ProtocolError("request method is a %s, not a str" % type(method).__name__)
         if not (type(args) is tuple or (self.serializer == "xmlrpclib" and type(args) is list)):
@@ -296,19 +452,25 @@ class Codec:
             raise ProtocolError("request kwds are a %s, not a dict" % type(kwds).__name__)
         return kind, ident, method, args, kwds
 
-    def encode_response(self, kind, value):
-        if kind not in _RESPONSE_KINDS:
-            raise ValueError("not a response kind: %r" % (kind,))
-        return _u8.pack(kind) + self.dumps(value)
-
-    def decode_response(self, data):
-        data = memoryview(data).cast("B")
+    def _decode_response(self, data, taken):
         kind = _read(data, 0, 1)[0]
         if kind not in _RESPONSE_KINDS:
             raise ProtocolError("unknown response kind 0x%02x" % kind)
-        value, pos = self._decode(data, 1, 0)
+        value, pos = self._decode(data, 1, 0, taken)
         _expect_end(data, pos)
+        if taken is not None:
+            taken.check_all_taken()
         return kind, value
+
+    def loads(self, data):
+        """Decode exactly one value; trailing or missing bytes: ProtocolError."""
+        return self._decode_value(*_split_body(memoryview(data).cast("B")))
+
+    def decode_request(self, data):
+        return self._decode_request(*_split_body(memoryview(data).cast("B")))
+
+    def decode_response(self, data):
+        return self._decode_response(*_split_body(memoryview(data).cast("B")))
 
 
 def _counted_key(key):
@@ -339,7 +501,6 @@ def _read(data, pos, n):
 def _expect_end(data, pos):
     if pos != len(data):
         raise ProtocolError("%d trailing bytes after the message" % (len(data) - pos))
-
 
 # ---------------------------------------------------------------------------
 # framing
@@ -477,21 +638,25 @@ class Connection:
         if offset < 0 or n < 0 or offset + n > len(body):
             raise ValueError("offset/size out of range")
         self._check_closed()
-        body = body[offset : offset + n]
+        self._send_parts([body[offset : offset + n]])
+
+    def _send_parts(self, parts):
+        """Send one frame whose body is the concatenation of parts (bytes-like,
+        the first of them small), in one sendmsg when it is large."""
+        n = sum(len(part) for part in parts)
         header = _frame_header(n)
         sock = self._sock
         if self._timeout is not None:
             sock.settimeout(self._timeout)  # a bound on the whole send
         try:
-            if n <= COPY_THRESHOLD or isinstance(sock, ssl.SSLSocket):
-                sock.sendall(header + body)  # (an SSLSocket has no sendmsg)
+            if n <= COPY_THRESHOLD:
+                sock.sendall(header + b"".join(parts))
+            elif isinstance(sock, ssl.SSLSocket):  # (an SSLSocket has no sendmsg)
+                sock.sendall(header + parts[0])
+                for part in parts[1:]:
+                    sock.sendall(part)
             else:
-                sent = sock.sendmsg([header, body])
-                if sent < len(header):  # a short sendmsg: finish the job in order
-                    sock.sendall(header[sent:])
-                    sock.sendall(body)
-                else:
-                    sock.sendall(body[sent - len(header) :])
+                self._sendmsg_all([header] + [memoryview(part).cast("B") for part in parts])
         except (TimeoutError, BlockingIOError):  # BlockingIOError: timeout 0
             self.close()
             raise TimeoutError("timed out after %r s sending to the peer" % self._timeout) from None
@@ -502,6 +667,16 @@ class Connection:
             if self._sock is not None and self._timeout is not None:
                 sock.setblocking(True)
 
+    def _sendmsg_all(self, parts):
+        """sendmsg until every part has left, resuming after short sends."""
+        while parts:
+            sent = self._sock.sendmsg(parts)
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts[0])
+                del parts[0]
+            if parts:
+                parts[0] = parts[0][sent:]
+
     def recv_bytes(self, maxlength=None):
         self._check_closed()
         if maxlength is not None and maxlength < 0:
@@ -509,19 +684,67 @@ class Connection:
         limit = self.max_message if maxlength is None else min(maxlength, self.max_message)
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         try:
-            header = self._recv_exactly(FRAME_HEADER_SIZE, deadline)
-            parsed = _parse_header(header)
-            if parsed is None:  # the 8-byte length of a long frame follows
-                header += self._recv_exactly(LONG_FRAME_HEADER_SIZE - FRAME_HEADER_SIZE, deadline)
-                parsed = _parse_header(header)
-            n = parsed[0]
-            _check_size(n, limit)
+            n = self._recv_header(limit, deadline)
             return bytes(self._recv_exactly(n, deadline))
         except EOFError:
             raise
         except BaseException:
             self.close()
             raise
+
+    def _recv_header(self, limit, deadline):
+        """The body size of the next frame, held to limit."""
+        header = self._recv_exactly(FRAME_HEADER_SIZE, deadline)
+        parsed = _parse_header(header)
+        if parsed is None:  # the 8-byte length of a long frame follows
+            header += self._recv_exactly(LONG_FRAME_HEADER_SIZE - FRAME_HEADER_SIZE, deadline)
+            parsed = _parse_header(header)
+        n = parsed[0]
+        _check_size(n, limit)
+        return n
+
+    def _recv_body(self):
+        """The next frame's body as (inline body, _Taken or None): the
+        out-of-band buffers of a body that has them are each read into
+        their own fresh object (see ``_protocol.py``)."""
+        self._check_closed()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        try:
+            n = self._recv_header(self.max_message, deadline)
+            if n == 0:
+                return memoryview(b""), None
+            head = self._recv_exactly(1, deadline)
+            if head[0] != BODY_BUFFERS:
+                return memoryview(head + self._recv_exactly(n - 1, deadline)), None
+            if n < BUFFER_PREFIX_SIZE:
+                raise ProtocolError("truncated buffer table")
+            head += self._recv_exactly(BUFFER_PREFIX_SIZE - 1, deadline)
+            head += self._recv_exactly(_table_size(head, n) - len(head), deadline)
+            entries = _buffer_table(head, n)
+            inline_size = n - len(head) - sum(size for _, size in entries)
+            inline = self._recv_exactly(inline_size, deadline)
+            buffers = [self._recv_buffer(kind, size, deadline) for kind, size in entries]
+            return memoryview(inline), _Taken([kind for kind, _ in entries], buffers)
+        except EOFError:
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def _recv_buffer(self, kind, size, deadline):
+        """One out-of-band buffer, read into the object it becomes."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            if deadline is not None:
+                self._wait_readable(deadline)
+            chunk = self._sock.recv_into(view[got:], min(size - got, 1 << 20))
+            if not chunk:
+                raise EOFError("the peer closed the connection")
+            got += chunk
+        view.release()
+        return bytes(buf) if kind == BUF_BYTES else buf
 
     def _recv_exactly(self, n, deadline):
         # grow as bytes arrive: a peer announcing a huge frame and sending
@@ -557,19 +780,32 @@ class Connection:
 
     # -- values and envelopes ----------------------------------------------
 
+    def _parts(self, body):
+        """The parts of an encoded body, or MessageTooLarge when it is larger
+        than max_message (then nothing is sent: the connection stays usable)."""
+        parts = body.parts()
+        n = sum(len(part) for part in parts)
+        if n > self.max_message:
+            raise MessageTooLarge(
+                "a message of %d bytes is larger than the limit of %d" % (n, self.max_message))
+        return parts
+
+    def _send_body(self, body):
+        self._send_parts(self._parts(body))
+
     def send(self, obj):
         self._check_closed()
-        self.send_bytes(self.codec.dumps(obj))
+        self._send_body(self.codec._value_body(obj))
 
     def recv(self):
-        return self.codec.loads(self.recv_bytes())
+        return self.codec._decode_value(*self._recv_body())
 
     def send_request(self, kind, ident, method, args=(), kwds=None):
         self._check_closed()
-        self.send_bytes(self.codec.encode_request(kind, ident, method, args, kwds))
+        self._send_body(self.codec._request_body(kind, ident, method, args, kwds))
 
     def recv_response(self):
-        return self.codec.decode_response(self.recv_bytes())
+        return self.codec._decode_response(*self._recv_body())
 
     def call(self, ident, method, args=(), kwds=None):
         """send_request(REQ_CALL, ...) then recv_response()."""
@@ -588,7 +824,10 @@ class Connection:
     def loop_queue(self, kind, ident, method, args=(), kwds=None):
         """Queue a request frame; loop_send() sends it."""
         self._check_loop()
-        self._loop_out += frame(self.codec.encode_request(kind, ident, method, args, kwds))
+        parts = self._parts(self.codec._request_body(kind, ident, method, args, kwds))
+        self._loop_out += _frame_header(sum(len(part) for part in parts))
+        for part in parts:
+            self._loop_out += part
 
     def loop_send(self):
         """Send what the socket takes now of the queued frames; return how
@@ -731,27 +970,33 @@ def serve_connection(conn, table, control, fallback, make_proxy):
     codec = conn.codec
     while True:
         try:
-            data = conn.recv_bytes()
+            data, taken = conn._recv_body()
         except EOFError:
             return None
         try:
-            request = codec.decode_request(data)
+            request = codec._decode_request(data, taken)
         except ProtocolError:
             raise
         except Exception:  # e.g. an argument that fails to unpickle
-            # decode_request checked the kind byte before decoding any value
+            # _decode_request checked the kind byte before decoding any value
             if data[0] != REQ_ONEWAY:
-                conn.send_bytes(codec.encode_response(RESP_FAILURE, traceback.format_exc()))
+                conn._send_body(codec._response_body(RESP_FAILURE, traceback.format_exc()))
             continue
+        del data, taken
         kind, value = _dispatch(request, table, control, fallback, make_proxy)
         if request[0] == REQ_ONEWAY:
             continue
+        del request
         try:
-            body = codec.encode_response(kind, value)
+            parts = conn._parts(codec._response_body(kind, value))
+        except MessageTooLarge as exc:
+            # the caller learns why, and its connection goes on
+            parts = conn._parts(codec._response_body(RESP_ERROR, (exc, traceback.format_exc())))
         except Exception:
-            body = codec.encode_response(*_unencodable(kind, value))
+            parts = conn._parts(codec._response_body(*_unencodable(kind, value)))
         del value  # do not keep the result alive while waiting for the next request
-        conn.send_bytes(body)
+        conn._send_parts(parts)
+        del parts
 
 
 class Hub:

@@ -64,7 +64,8 @@ class BaseManager:
 
     def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
                  shutdown_timeout=1.0, timeout=None, connect_timeout=None, ssl_context=None,
-                 client_ssl_context=None, spin_us=None, stdlib_clients=True):
+                 client_ssl_context=None, spin_us=None, stdlib_clients=True,
+                 max_message=None):
         """As the stdlib's, plus (keywords only):
 
         timeout: seconds each proxy call may take (None: no limit); a proxy
@@ -82,6 +83,10 @@ class BaseManager:
             of plain multiprocessing.managers too (they speak pickle; a
             server whose serializer is not 'pickle', or that serves TLS,
             refuses them whatever this says).
+        max_message: the largest message body, in bytes, that the server
+            and this object's connections send or accept (default 1 GiB); a
+            larger argument or result raises MessageTooLarge, and the
+            connection stays usable.
         """
         if authkey is None:
             authkey = process.current_process().authkey
@@ -102,6 +107,7 @@ class BaseManager:
         self._client_ssl_context = client_ssl_context
         self._spin_us = spin_us
         self._stdlib_clients = stdlib_clients
+        self._max_message = max_message
 
     @property
     def address(self):
@@ -109,7 +115,8 @@ class BaseManager:
 
     def _peer(self):
         peer = peer_for(self._address, self._authkey, self._serializer)
-        peer.configure(self._timeout, self._connect_timeout, self._client_ssl(), self._spin_us)
+        peer.configure(self._timeout, self._connect_timeout, self._client_ssl(), self._spin_us,
+                       self._max_message)
         return peer
 
     def _client_ssl(self):
@@ -122,7 +129,8 @@ class BaseManager:
     def _server_options(self):
         ctx = self._ssl_context
         return {"ssl_context": ctx if ctx is not None and _server_side(ctx) else None,
-                "spin_us": self._spin_us, "stdlib_clients": self._stdlib_clients}
+                "spin_us": self._spin_us, "stdlib_clients": self._stdlib_clients,
+                "max_message": self._max_message}
 
     def get_server(self):
         """A server for this manager's registry, to run with serve_forever()."""

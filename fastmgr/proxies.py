@@ -99,8 +99,10 @@ class Peer:
         self.connect_timeout = None    # None: see connect_bound()
         self.ssl_context = None
         self.spin_us = None            # None: the process default (FASTMGR_SPIN_US)
+        self.max_message = None        # None: the wire's default
 
-    def configure(self, timeout=None, connect_timeout=None, ssl_context=None, spin_us=None):
+    def configure(self, timeout=None, connect_timeout=None, ssl_context=None, spin_us=None,
+                  max_message=None):
         """Settings of a manager object, for the connections made from now on."""
         if timeout is not None:
             self.timeout = timeout
@@ -110,6 +112,8 @@ class Peer:
             self.ssl_context = ssl_context
         if spin_us is not None:
             self.spin_us = spin_us
+        if max_message is not None:
+            self.max_message = max_message
 
     def connect_bound(self):
         """Seconds a new connection may take to connect and authenticate:
@@ -126,7 +130,7 @@ class Peer:
         try:
             conn = Client(self.address, self.authkey, self.codec, hello=_Session.id,
                           timeout=self.connect_bound(), ssl_context=self.ssl_context,
-                          ring=True)
+                          ring=True, max_message=self.max_message)
         except (ConnectionRefusedError, FileNotFoundError, ConnectionResetError,
                 BrokenPipeError, EOFError) as exc:
             raise ManagerGone("cannot reach the manager at %r: %s" % (self.address, exc)) from exc

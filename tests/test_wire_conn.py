@@ -373,7 +373,7 @@ def test_handshake_bytes_on_the_wire(wire, transport):
     try:
         server = Worker(wire.deliver_challenge, conn, KEY)
         challenge = peer.recv_bytes()
-        assert challenge.startswith(b"#CHALLENGE#{sha256}FASTMGR\x02")
+        assert challenge.startswith(b"#CHALLENGE#{sha256}" + P.MAGIC)
         assert len(challenge) == len(P.CHALLENGE) + len(M_HEAD) + P.NONCE_SIZE
         m = challenge[len(P.CHALLENGE):]
         nc = b"n" * P.NONCE_SIZE
@@ -586,7 +586,8 @@ def test_no_fastmgr_challenge_is_answered_the_stdlibs_way(challenge):
 BAD_CHALLENGES = [
     P.CHALLENGE + M_HEAD + b"x" * 31,  # short nonce
     P.CHALLENGE + M_HEAD + b"x" * 33,  # long nonce
-    P.CHALLENGE + P.SHA256_PREFIX + b"FASTMGR\x03" + b"x" * 32,  # another protocol version
+    P.CHALLENGE + P.SHA256_PREFIX + b"FASTMGR" + bytes([P.PROTOCOL_VERSION + 1])
+    + b"x" * 32,  # another protocol version
     b"FMG\x01" + b"x" * 32,  # protocol 1
     P.MAGIC + b"x" * 32,  # no challenge
     b"#CHALLENGE#" + b"x" * 40,  # the stdlib's challenge (3.11)
@@ -628,7 +629,7 @@ def test_client_refuses_a_bad_reply(half, wire, reply):
     b"\x00\x00\x00\x89" + P.MAGIC + b"q" * 129,  # a hello of MAX_HELLO + 1 bytes
     b"\x00\x00\x00\x10" + b"q" * 16,  # a wrong HMAC-MD5, as a stdlib client's
     b"\x00\x00\x00\x28{sha256}" + b"q" * 32,  # a wrong HMAC-SHA256, as a stdlib client's
-    b"\x00\x00\x00\x48FASTMGR\x03" + b"q" * 64,  # another protocol version
+    b"\x00\x00\x00\x48FASTMGR" + bytes([P.PROTOCOL_VERSION + 1]) + b"q" * 64,  # another version
 ])
 def test_server_refuses_garbage(half, wire, garbage):
     conn, theirs = half

@@ -215,3 +215,96 @@ def test_frame_reader_long_form_every_split(both):
         for cut in range(len(stream) + 1):
             assert _read_split(wire, stream, [cut]) == [b"hello", b"x", b""]
         assert _read_split(wire, stream, range(1, len(stream))) == [b"hello", b"x", b""]
+
+
+# -- out-of-band buffers (_protocol.py, "Out-of-band buffers") --------------------
+
+BIG = P.OOB_MIN
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        bytearray(b"a" * BIG),
+        memoryview(b"m" * BIG),
+        memoryview(bytearray(2 * BIG)).cast("I", (BIG // 4, 2)),
+        [b"x" * BIG, b"y" * (BIG - 1), (b"z" * (BIG + 1),)],
+        {"k": b"v" * BIG, b"k" * BIG: 1},
+        [bytes([i]) * BIG for i in range(P.MAX_BUFFERS + 2)],
+    ],
+    ids=["bytearray", "memoryview", "memoryview-2d", "mixed", "dict", "over-the-limit"],
+)
+def test_same_bytes_with_buffers(both, value):
+    compiled, python = both
+    c_bytes, p_bytes = compiled.Codec().dumps(value), python.Codec().dumps(value)
+    assert c_bytes == p_bytes
+    for wire, data in ((compiled, p_bytes), (python, c_bytes)):
+        back = wire.Codec().loads(data)
+        if isinstance(value, memoryview):
+            assert (back.tobytes(), back.format, back.shape) == (
+                value.tobytes(), value.format, value.shape)
+        else:
+            assert same(back, value)
+    envelopes = [wire.Codec().encode_request(P.REQ_CALL, 9, "m", (value, 1), {"kw": value})
+                 for wire in both]
+    assert envelopes[0] == envelopes[1]
+    envelopes = [wire.Codec().encode_response(P.RESP_RETURN, value) for wire in both]
+    assert envelopes[0] == envelopes[1]
+
+
+def test_same_bytes_for_arrays(both):
+    np = pytest.importorskip("numpy")
+    c_order = np.arange(BIG, dtype=np.float64).reshape(64, -1)
+    compiled, python = both
+    for value in (c_order, np.asfortranarray(c_order), c_order[::2], np.array(1.5),
+                  np.array([None, "x"] * 100, dtype=object)):
+        c_bytes, p_bytes = compiled.Codec().dumps([value, 5]), python.Codec().dumps([value, 5])
+        assert c_bytes == p_bytes
+        for wire, data in ((compiled, p_bytes), (python, c_bytes)):
+            back = wire.Codec().loads(data)
+            assert back[1] == 5 and back[0].dtype == value.dtype
+            assert back[0].tolist() == value.tolist()
+    many = [np.full(BIG // 8, i, dtype=np.float64) for i in range(P.MAX_BUFFERS + 1)]
+    assert compiled.Codec().dumps(many) == python.Codec().dumps(many)
+
+
+entry_kinds = st.sampled_from([P.BUF_BYTES, P.BUF_BYTEARRAY, 2])
+entry_sizes = st.sampled_from([BIG - 1, BIG, BIG + 3])
+inline_parts = st.sampled_from([
+    bytes([P.T_BYTES_OOB]),
+    bytes([P.T_PICKLE_OOB]) + struct.pack("<II", 1, 1) + b"N",
+    bytes([P.T_PICKLE_OOB]) + struct.pack("<II", 0, 1) + b"N",
+    bytes([P.T_LIST]) + struct.pack("<I", 2) + bytes([P.T_BYTES_OOB]) * 2,
+    bytes([P.T_NONE]),
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(miscount=st.sampled_from([0, 0, 0, 1, -1, P.MAX_BUFFERS]),
+       entries=st.lists(st.tuples(entry_kinds, entry_sizes), max_size=3),
+       inline=inline_parts, slack=st.sampled_from([0, 0, -1, 1]),
+       cut=st.sampled_from([0, 0, 0, 1, 7, 20]))
+@example(miscount=0, entries=[(P.BUF_BYTES, BIG)], inline=bytes([P.T_BYTES_OOB]), slack=0, cut=0)
+def test_same_verdict_on_buffer_tables(both, miscount, entries, inline, slack, cut):
+    """Bodies that start with BODY_BUFFERS, well formed or not: both wires
+    accept the same ones with the same values and refuse the rest."""
+    count = max(0, len(entries) + miscount)
+    head = struct.pack("<BI", P.BODY_BUFFERS, count)
+    head += b"".join(struct.pack("<BQ", kind, size) for kind, size in entries)
+    total = sum(size for _, size in entries) + slack
+    body = head + inline + b"\x01" * max(0, total)
+    if cut:
+        body = body[:-cut]
+    for serializer in ("pickle", "safe"):
+        verdicts = [_any_outcome(wire.Codec(serializer).loads, body) for wire in both]
+        assert len(verdicts[0]) == len(verdicts[1]) and same(verdicts[0], verdicts[1]), (
+            "compiled %r, python %r" % (verdicts[0][0], verdicts[1][0]))
+
+
+def _any_outcome(call, data):
+    """As _outcome, and any other exception by its type (an unpickler's)."""
+    try:
+        return _outcome(call, data)
+    except Exception as exc:
+        return (type(exc).__name__,)
+

@@ -226,3 +226,38 @@ def test_pickled_values_cross(pair):
     assert _receive(client, 1)[0][1][2] == (value,)
     thread.join(WAIT)
     assert pickle.loads(pickle.dumps(value)) == value
+
+
+def test_frames_queued_together_with_many_out_of_band_buffers(pair):
+    """Each frame may take MAX_BUFFERS out-of-band buffers; several queued
+    together hold more than one send takes: they leave in turns, in order,
+    and the replies' buffers come back into values of their own."""
+    client, server = pair
+    blobs = [bytes([i]) * P.OOB_MIN for i in range(P.MAX_BUFFERS)]
+    thread = _serve(server, 3)
+    for ident in (1, 2, 3):
+        client.loop_queue(P.REQ_CALL, ident, "echo", (blobs,))
+    got = []
+    deadline = time.monotonic() + WAIT
+    while len(got) < 3:
+        assert time.monotonic() < deadline
+        select.select([client.fileno()], [client.fileno()] if client.loop_send() else [], [], 0.1)
+        got += client.loop_receive()
+    thread.join(WAIT)
+    assert got == [(P.RESP_RETURN, (ident, "echo", (blobs,))) for ident in (1, 2, 3)]
+
+
+def test_a_request_above_the_limit_is_refused_before_it_is_queued(wire):
+    a, b = socket.socketpair()
+    client = wire.Connection(a, max_message=1 << 20)
+    try:
+        with pytest.raises(MessageTooLarge):
+            client.loop_queue(P.REQ_CALL, 1, "echo", (bytes(2 << 20),))
+        assert client.loop_send() == 0
+        client.loop_queue(P.REQ_CALL, 2, "echo", (b"small",))
+        assert client.loop_send() == 0
+        conn = wire.Connection(b, timeout=WAIT)
+        assert conn.codec.decode_request(conn.recv_bytes())[1:3] == (2, "echo")
+    finally:
+        client.close()
+        b.close()

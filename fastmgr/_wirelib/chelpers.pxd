@@ -67,3 +67,6 @@ cdef extern from "fm_ring.h" nogil:
     void fm_ring_put(fm_ring* r, uint64_t* tail, const unsigned char* src, size_t n)
     void fm_flag_set(uint32_t* flag, uint32_t v)
     int fm_flag_seen(uint32_t* flag)
+
+cdef extern from "fm_memory.h" nogil:
+    void fm_advise_huge(char* p, size_t n)

@@ -1,5 +1,6 @@
 # Codec: values and envelopes to bytes and back, as _protocol.py
-# specifies them (included by _wire.pyx; its layout is in _wire.pxd).
+# specifies them (included by _wire.pyx; its layout is in _wire.pxd).  The
+# out-of-band buffers of large values are in outofband.pxi.
 
 cdef int _serializer_mode(str serializer) except -1:
     if serializer == "pickle":
@@ -39,7 +40,6 @@ cdef class Codec:
         self.serializer = serializer
         self.may_pickle = mode == 0
         self.tuples_as_lists = mode == 2
-        self.out = WriteBuffer()
 
     def __reduce__(self):
         return (Codec, (self.serializer,))
@@ -47,15 +47,30 @@ cdef class Codec:
     # -- encoding --------------------------------------------------------
 
     cdef int _pickle(self, WriteBuffer buf, object obj) except -1:
+        """Append obj pickled, its large buffers out of band while the body
+        has room for them (the rule of the twin's: both call _pickling)."""
         cdef bytes data
+        cdef list views = None
+        cdef Py_ssize_t room = buf.buffer_room()
         if not self.may_pickle:
             raise UnsafeValueError(
                 "the %r serializer sends only None, bool, int, float, str, bytes, "
                 "tuple, list and dict; got %s" % (self.serializer, type(obj).__name__))
-        data = _pickling.dumps(obj)
+        if room > 0:
+            data, views = _pickling.dumps_buffers(obj, room)
+        else:
+            data = _pickling.dumps(obj)
         if <uint64_t>PyBytes_GET_SIZE(data) >= U32_LIMIT:
             raise ValueError("a pickled value of %d bytes is too large to send" % len(data))
-        buf.write_tag_u32(T_PICKLE, <uint32_t>PyBytes_GET_SIZE(data))
+        if views:
+            buf.write_tag_u32(T_PICKLE_OOB, <uint32_t>len(views))
+            buf.ensure(4)
+            fm_put_u32le(buf.buf + buf.length, <uint32_t>PyBytes_GET_SIZE(data))
+            buf.length += 4
+            for view in views:
+                buf.add_buffer(view)
+        else:
+            buf.write_tag_u32(T_PICKLE, <uint32_t>PyBytes_GET_SIZE(data))
         buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         return 0
 
@@ -96,10 +111,13 @@ cdef class Codec:
             return buf.write_raw(s, n)
         if t is bytes:
             n = PyBytes_GET_SIZE(obj)
+            if n >= OOB_MIN and buf.buffer_room() > 0:
+                buf.write_u8(T_BYTES_OOB)
+                return buf.add_buffer(obj)
             if <uint64_t>n >= U32_LIMIT:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_BYTES, <uint32_t>n)
-            return buf.write_bytes(obj)
+            return buf.write_raw(PyBytes_AS_STRING(obj), n)
         if t is tuple or t is list or t is dict:
             return self._encode_container(buf, obj, t, depth)
         return self._pickle(buf, obj)
@@ -154,9 +172,10 @@ cdef class Codec:
 
     cdef int encode_top(self, WriteBuffer buf, object obj) except -1:
         """Append one top-level value, pickled whole if it nests too deeply."""
-        cdef Py_ssize_t start = buf.length
+        cdef Py_ssize_t start = buf.length, buffers = buf.noob
         if self._encode(buf, obj, 1) == TOO_DEEP:
             buf.length = start
+            buf.drop_buffers(buffers)
             self._pickle(buf, obj)
         return 0
 
@@ -179,29 +198,40 @@ cdef class Codec:
         buf.write_u8(<uint8_t>kind)
         return self.encode_top(buf, value)
 
+    # a fresh WriteBuffer each: a Codec may be shared by threads, and
+    # pickling runs Python code, which lets another thread in
+
     def dumps(self, obj):
-        self.out.reset()
-        self.encode_top(self.out, obj)
-        return self.out.body()
+        cdef WriteBuffer out = WriteBuffer()
+        out.begin_body()
+        self.encode_top(out, obj)
+        out.end_body(0)
+        return out.joined()
 
     def encode_request(self, int kind, uint64_t ident, method, args, kwds):
-        self.out.reset()
-        self.encode_request_into(self.out, kind, ident, method, args, kwds)
-        return self.out.body()
+        cdef WriteBuffer out = WriteBuffer()
+        out.begin_body()
+        self.encode_request_into(out, kind, ident, method, args, kwds)
+        out.end_body(0)
+        return out.joined()
 
     def encode_response(self, int kind, value):
-        self.out.reset()
-        self.encode_response_into(self.out, kind, value)
-        return self.out.body()
+        cdef WriteBuffer out = WriteBuffer()
+        out.begin_body()
+        self.encode_response_into(out, kind, value)
+        out.end_body(0)
+        return out.joined()
 
     # -- decoding --------------------------------------------------------
 
-    cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth):
-        """Decode the value at p[pos[0]:n] and advance pos.
+    cdef object _decode(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int depth,
+                        _Taken taken):
+        """Decode the value at p[pos[0]:n] and advance pos, taking
+        out-of-band buffers from taken (None: the body has none).
         Precondition: pos[0] <= n. Every read is checked against n."""
         cdef Py_ssize_t at = pos[0]
         cdef uint8_t tag
-        cdef uint64_t length
+        cdef uint64_t length, buffers = 0
         cdef Py_ssize_t i, count
         cdef object result, item, key
         if at >= n:
@@ -224,8 +254,16 @@ cdef class Codec:
             if tag == T_INT64:
                 return PyLong_FromLongLong(<int64_t>fm_get_u64le(p + at))
             return PyFloat_FromDouble(fm_bits_double(fm_get_u64le(p + at)))
-        if tag > T_PICKLE:
+        if tag == T_BYTES_OOB:
+            pos[0] = at
+            return _take(taken, 1, True)
+        if tag > T_PICKLE_OOB:
             raise ProtocolError("unknown value tag 0x%02x" % tag)
+        if tag == T_PICKLE_OOB:
+            if n - at < 4:
+                raise ProtocolError("truncated message: buffer count")
+            buffers = fm_get_u32le(p + at)
+            at += 4
         if n - at < 4:
             raise ProtocolError("truncated message: length")
         length = fm_get_u32le(p + at)
@@ -240,11 +278,11 @@ cdef class Codec:
             pos[0] = at
             if tag == T_DICT:
                 if not self.may_pickle and count > c_same_hash_max:
-                    return self._decode_dict(p, n, pos, count, depth)  # keys counted per hash
+                    return self._decode_dict(p, n, pos, count, depth, taken)  # keys counted per hash
                 result = {}
                 for i in range(count):
-                    key = self._decode(p, n, pos, depth + 1)
-                    item = self._decode(p, n, pos, depth + 1)
+                    key = self._decode(p, n, pos, depth + 1, taken)
+                    item = self._decode(p, n, pos, depth + 1, taken)
                     try:
                         PyDict_SetItem(result, key, item)
                     except TypeError as exc:
@@ -253,13 +291,13 @@ cdef class Codec:
             if tag == T_LIST or self.tuples_as_lists:
                 result = PyList_New(count)
                 for i in range(count):
-                    item = self._decode(p, n, pos, depth + 1)
+                    item = self._decode(p, n, pos, depth + 1, taken)
                     Py_INCREF(item)
                     PyList_SET_ITEM(result, i, item)
                 return result
             result = PyTuple_New(count)
             for i in range(count):
-                item = self._decode(p, n, pos, depth + 1)
+                item = self._decode(p, n, pos, depth + 1, taken)
                 Py_INCREF(item)
                 PyTuple_SET_ITEM(result, i, item)
             return result
@@ -271,18 +309,29 @@ cdef class Codec:
                 return PyUnicode_DecodeUTF8(<const char*>p + at, <Py_ssize_t>length, "surrogatepass")
             except UnicodeDecodeError as exc:
                 raise ProtocolError("bad UTF-8 in str: %s" % exc) from None
+        return self._decode_bytes(p, at, tag, length, buffers, taken)
+
+    cdef object _decode_bytes(self, const unsigned char* p, Py_ssize_t at, uint8_t tag,
+                              uint64_t length, uint64_t buffers, _Taken taken):
+        """_decode() of a bytes value, a big int or a pickle (with buffers
+        out-of-band buffers) whose length bytes are at p[at:] (checked)."""
         if tag == T_BYTES:
             return PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length)
         if tag == T_BIGINT:
             return int.from_bytes(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length),
                                   "little", signed=True)
-        # T_PICKLE
+        # T_PICKLE, T_PICKLE_OOB
         if not self.may_pickle:
             raise ProtocolError("the %r serializer refuses pickled data" % self.serializer)
-        return _pickling.loads(PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length))
+        data = PyBytes_FromStringAndSize(<const char*>p + at, <Py_ssize_t>length)
+        if tag == T_PICKLE:
+            return _pickling.loads(data)
+        if buffers == 0:
+            raise ProtocolError("a pickle announced with no out-of-band buffer")
+        return _pickling.loads(data, buffers=_take(taken, buffers, False))
 
     cdef dict _decode_dict(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                           Py_ssize_t count, int depth):
+                           Py_ssize_t count, int depth, _Taken taken):
         """_decode() of a dict of count entries (more than SAME_HASH_MAX)
         without pickle: a key that would be the SAME_HASH_MAX + 1st of its
         hash value raises ProtocolError before it goes in (see
@@ -301,11 +350,11 @@ cdef class Codec:
                 if n - pos[0] >= 9 and p[pos[0]] == T_INT64:
                     v = <int64_t>fm_get_u64le(p + pos[0] + 1)
                     counted = v >= c_hash_modulus or v <= -c_hash_modulus
-                    key = self._decode(p, n, pos, depth + 1)
+                    key = self._decode(p, n, pos, depth + 1, taken)
                 else:
-                    key = self._decode(p, n, pos, depth + 1)
+                    key = self._decode(p, n, pos, depth + 1, taken)
                     counted = _counted_key(key)
-                item = self._decode(p, n, pos, depth + 1)
+                item = self._decode(p, n, pos, depth + 1, taken)
                 try:
                     if counted:
                         if slots == NULL:
@@ -325,14 +374,18 @@ cdef class Codec:
             PyMem_Free(slots)
         return result
 
-    cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
-        """Decode the last value of a message: no bytes may follow it."""
-        value = self._decode(p, n, pos, 1)
+    cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                           _Taken taken):
+        """Decode the last value of a message: no bytes may follow it, and
+        it must have taken all of the message's out-of-band buffers."""
+        value = self._decode(p, n, pos, 1, taken)
         if pos[0] != n:
             raise ProtocolError("%d unexpected bytes after the message" % (n - pos[0]))
+        if taken is not None:
+            taken.check_all_taken()
         return value
 
-    cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n):
+    cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n, _Taken taken):
         cdef Py_ssize_t pos = REQUEST_HEAD_SIZE
         cdef int kind
         if n < REQUEST_HEAD_SIZE:
@@ -341,9 +394,9 @@ cdef class Codec:
         if kind != REQ_CALL and kind != REQ_ONEWAY:
             raise ProtocolError("unknown request kind 0x%02x" % kind)
         ident = fm_get_u64le(p + REQUEST_IDENT_OFFSET)
-        method = self._decode(p, n, &pos, 1)
-        args = self._decode(p, n, &pos, 1)
-        kwds = self.decode_all(p, n, &pos)
+        method = self._decode(p, n, &pos, 1, taken)
+        args = self._decode(p, n, &pos, 1, taken)
+        kwds = self.decode_all(p, n, &pos, taken)
         if type(method) is not str:
             raise ProtocolError("method name must be a str")
         if not (type(args) is tuple or (self.tuples_as_lists and type(args) is list)):
@@ -352,7 +405,7 @@ cdef class Codec:
             raise ProtocolError("request keywords must be a dict")
         return (kind, ident, method, args, kwds)
 
-    cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n):
+    cdef tuple decode_response_at(self, const unsigned char* p, Py_ssize_t n, _Taken taken):
         cdef Py_ssize_t pos = RESPONSE_HEAD_SIZE
         cdef int kind
         if n < RESPONSE_HEAD_SIZE:
@@ -360,17 +413,27 @@ cdef class Codec:
         kind = p[0]
         if kind < RESP_RETURN or kind > RESP_PROXY:
             raise ProtocolError("unknown response kind 0x%02x" % kind)
-        return (kind, self.decode_all(p, n, &pos))
+        return (kind, self.decode_all(p, n, &pos, taken))
+
+    # whole bodies (out-of-band buffers inside: copied out, _split_body)
 
     def loads(self, data):
         cdef bytes b = bytes(memoryview(data))
-        cdef Py_ssize_t pos = 0
-        return self.decode_all(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), &pos)
+        cdef Py_ssize_t start = 0, size = PyBytes_GET_SIZE(b), pos = 0
+        cdef _Taken taken = _split_body(<const unsigned char*>PyBytes_AS_STRING(b), &start, &size)
+        return self.decode_all(<const unsigned char*>PyBytes_AS_STRING(b) + start, size, &pos,
+                               taken)
 
     def decode_request(self, data):
         cdef bytes b = bytes(memoryview(data))
-        return self.decode_request_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+        cdef Py_ssize_t start = 0, size = PyBytes_GET_SIZE(b)
+        cdef _Taken taken = _split_body(<const unsigned char*>PyBytes_AS_STRING(b), &start, &size)
+        return self.decode_request_at(<const unsigned char*>PyBytes_AS_STRING(b) + start, size,
+                                      taken)
 
     def decode_response(self, data):
         cdef bytes b = bytes(memoryview(data))
-        return self.decode_response_at(<const unsigned char*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+        cdef Py_ssize_t start = 0, size = PyBytes_GET_SIZE(b)
+        cdef _Taken taken = _split_body(<const unsigned char*>PyBytes_AS_STRING(b), &start, &size)
+        return self.decode_response_at(<const unsigned char*>PyBytes_AS_STRING(b) + start, size,
+                                       taken)

@@ -24,7 +24,6 @@ cdef class Connection:
         self.timeout = timeout
         self.spin_us = g_spin_us
         self.wbuf = WriteBuffer()
-        self.wbuf.allow_external = True
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if type(sock) is not _socket.socket:
@@ -111,7 +110,7 @@ cdef class Connection:
             start = self.wbuf.begin_frame()
             if n:
                 self.wbuf.write_raw(&view[offset], n)
-            self.wbuf.end_frame(start)
+            self.wbuf.end_frame(start, PY_SSIZE_T_MAX)  # raw bytes: no limit, as the stdlib
             return _send_buffer(self)
         head = _header(n)
         iov[0].iov_base = PyBytes_AS_STRING(head)
@@ -138,16 +137,21 @@ cdef class Connection:
         _check_open(self)
         self.wbuf.reset()
         start = self.wbuf.begin_frame()
-        self.codec.encode_top(self.wbuf, obj)
-        self.wbuf.end_frame(start)
+        try:
+            self.codec.encode_top(self.wbuf, obj)
+        except BaseException:
+            self.wbuf.reset()
+            raise
+        self.wbuf.end_frame(start, self.max_message)
         _send_buffer(self)
 
     def recv(self):
         cdef Py_ssize_t start, size, pos = 0
+        cdef _Taken taken
         _check_open(self)
-        _recv_frame(self, self.max_message, &start, &size)
+        taken = _recv_message(self, &start, &size)
         try:
-            return self.codec.decode_all(self.rbuf + start, size, &pos)
+            return self.codec.decode_all(self.rbuf + start, size, &pos, taken)
         finally:
             _shrink(self)
 
@@ -176,10 +180,11 @@ cdef class Connection:
 
     def recv_response(self):
         cdef Py_ssize_t start, size
+        cdef _Taken taken
         _check_open(self)
-        _recv_frame(self, self.max_message, &start, &size)
+        taken = _recv_message(self, &start, &size)
         try:
-            return self.codec.decode_response_at(self.rbuf + start, size)
+            return self.codec.decode_response_at(self.rbuf + start, size, taken)
         finally:
             _shrink(self)
 
@@ -210,13 +215,14 @@ cdef class Connection:
     def call(self, uint64_t ident, method, args=(), kwds=None):
         """Send a request and wait for its response: (kind, value)."""
         cdef Py_ssize_t start, size
+        cdef _Taken taken
         _check_open(self)
         self.wbuf.reset()
         _queue_request(self, REQ_CALL, ident, method, args, kwds)
         _send_buffer(self)
-        _recv_frame(self, self.max_message, &start, &size)
+        taken = _recv_message(self, &start, &size)
         try:
-            return self.codec.decode_response_at(self.rbuf + start, size)
+            return self.codec.decode_response_at(self.rbuf + start, size, taken)
         finally:
             _shrink(self)
 
@@ -308,6 +314,45 @@ cdef int _recv_frame(Connection conn, Py_ssize_t limit, Py_ssize_t* start,
     return 0
 
 
+cdef _Taken _recv_message(Connection conn, Py_ssize_t* start, Py_ssize_t* size):
+    """Receive one frame, as _recv_frame(); if its body carries out-of-band
+    buffers (_protocol.py), read each straight into the object it becomes
+    (outofband.pxi) and return them, start and size narrowed to its inline
+    body; else return None."""
+    cdef Py_ssize_t header = 0, body = 0
+    cdef double deadline = _deadline(conn)
+    if conn.rend - conn.rstart < FRAME_HEADER_SIZE:
+        _fill(conn, FRAME_HEADER_SIZE, deadline)
+    try:
+        _parse_header(conn.rbuf + conn.rstart, conn.rend - conn.rstart, conn.max_message,
+                      &header, &body)
+        if header == 0:
+            _fill(conn, LONG_FRAME_HEADER_SIZE, deadline)
+            _parse_header(conn.rbuf + conn.rstart, conn.rend - conn.rstart, conn.max_message,
+                          &header, &body)
+    except ProtocolError:
+        # a refused header cannot be skipped: the stream is lost
+        conn.close()
+        raise
+    if conn.rend - conn.rstart < header + body:
+        if conn.rend - conn.rstart == header and body:
+            _fill(conn, header + 1, deadline)
+        if body == 0 or conn.rbuf[conn.rstart + header] != BODY_BUFFERS:
+            _fill(conn, header + body, deadline)
+    if body == 0 or conn.rbuf[conn.rstart + header] != BODY_BUFFERS:
+        start[0] = conn.rstart + header
+        size[0] = body
+        conn.rstart += header + body
+        if conn.rstart == conn.rend:
+            conn.rstart = conn.rend = 0
+        return None
+    try:
+        return _recv_buffers(conn, header, body, start, size, deadline)
+    except BaseException:
+        conn.close()  # the rest of the frame is still to come: the stream is lost
+        raise
+
+
 cdef void _shrink(Connection conn) noexcept:
     """Give back a buffer that one large message grew, once it is empty."""
     cdef unsigned char* nbuf
@@ -367,28 +412,32 @@ cdef int _send_iov(Connection conn, iovec* iov, int count) except -1:
 
 
 cdef int _send_buffer(Connection conn) except -1:
-    """Send all of wbuf (one or more frames) with one sendmsg, large bytes
-    values in place; then empty it."""
-    cdef iovec iov[2 * MAX_EXTERNALS + 1]
+    """Send all of wbuf (one or more frames) with one sendmsg, the
+    out-of-band buffers in place; then empty it."""
+    cdef iovec iov[MAX_SEGMENTS]
     cdef int count = 0
-    cdef Py_ssize_t pos = 0, offset
+    cdef Py_ssize_t pos = 0, offset, n
     cdef WriteBuffer w = conn.wbuf
-    cdef bytes data
+    cdef const char* data
     try:
         _check_open(conn)
         # the peer answers a large message only once it has taken it in
-        conn.spin_extra = <int>min((w.length + w.ext_bytes) // SPIN_EXTRA_BYTES, SPIN_EXTRA_MAX_US)
-        if w.ext_bytes == 0:
+        conn.spin_extra = <int>min(w.total() // SPIN_EXTRA_BYTES, SPIN_EXTRA_MAX_US)
+        if w.noob == 0:
             iov[0].iov_base = w.buf
             iov[0].iov_len = w.length
             return _send_iov(conn, iov, 1)
-        for offset, data in w.externals:
+        if 2 * w.noob + 1 > MAX_SEGMENTS:
+            # cannot happen: every frame with buffers is sent before the next
+            raise RuntimeError("too many out-of-band buffers queued to send at once")
+        for offset, segment in w.oob:
             if offset > pos:
                 iov[count].iov_base = w.buf + pos
                 iov[count].iov_len = offset - pos
                 count += 1
-            iov[count].iov_base = PyBytes_AS_STRING(data)
-            iov[count].iov_len = PyBytes_GET_SIZE(data)
+            _segment(segment, &data, &n)
+            iov[count].iov_base = <void*>data
+            iov[count].iov_len = n
             count += 1
             pos = offset
         if w.length > pos:
@@ -400,35 +449,35 @@ cdef int _send_buffer(Connection conn) except -1:
         w.reset()
 
 
-cdef int _rollback(Connection conn, Py_ssize_t start, Py_ssize_t externals) except -1:
+cdef int _rollback(Connection conn, Py_ssize_t start, Py_ssize_t buffers) except -1:
     """Forget a frame whose encoding failed half-way."""
-    cdef WriteBuffer w = conn.wbuf
-    w.length = start
-    while len(w.externals) > externals:
-        w.ext_bytes -= PyBytes_GET_SIZE(w.externals.pop()[1])
+    conn.wbuf.length = start
+    conn.wbuf.drop_buffers(buffers)
     return 0
 
 
 cdef int _queue_request(Connection conn, int kind, uint64_t ident, method, args,
                         kwds) except -1:
-    """Append one request frame to wbuf (not sent yet)."""
-    cdef Py_ssize_t externals = len(conn.wbuf.externals)
+    """Append one request frame to wbuf (not sent yet); MessageTooLarge
+    (and none) above the connection's limit."""
+    cdef Py_ssize_t buffers = conn.wbuf.noob
     cdef Py_ssize_t start = conn.wbuf.begin_frame()
     try:
         conn.codec.encode_request_into(conn.wbuf, kind, ident, method, args, kwds)
     except BaseException:
-        _rollback(conn, start, externals)
+        _rollback(conn, start, buffers)
         raise
-    return conn.wbuf.end_frame(start)
+    return conn.wbuf.end_frame(start, conn.max_message)
 
 
 cdef int _queue_response(Connection conn, int kind, value) except -1:
-    """Append one response frame to wbuf (not sent yet)."""
-    cdef Py_ssize_t externals = len(conn.wbuf.externals)
+    """Append one response frame to wbuf (not sent yet); MessageTooLarge
+    (and none) above the connection's limit."""
+    cdef Py_ssize_t buffers = conn.wbuf.noob
     cdef Py_ssize_t start = conn.wbuf.begin_frame()
     try:
         conn.codec.encode_response_into(conn.wbuf, kind, value)
     except BaseException:
-        _rollback(conn, start, externals)
+        _rollback(conn, start, buffers)
         raise
-    return conn.wbuf.end_frame(start)
+    return conn.wbuf.end_frame(start, conn.max_message)

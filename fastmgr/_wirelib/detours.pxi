@@ -75,8 +75,8 @@ cdef void _detour_took(Connection conn, ssize_t got) noexcept nogil:
 cdef int _detour_send(Connection conn, iovec* iov, int count, size_t total) except -1:
     """_ring_send_iov() for a message of DETOUR_MIN bytes or more: once
     the peer has taken our last detour, announce this one and send it
-    through the socket.  Precondition: count <= 2 * MAX_EXTERNALS + 1."""
-    cdef iovec marked[2 * MAX_EXTERNALS + 2]
+    through the socket.  Precondition: count <= MAX_SEGMENTS."""
+    cdef iovec marked[MAX_SEGMENTS + 1]
     cdef unsigned char mark = DETOUR_MARK
     cdef double deadline = _deadline(conn)
     while fm_detour_pending(conn.tx):

@@ -81,14 +81,38 @@ cdef FrameState _frame_state(Connection conn) noexcept:
     """For a hub: FRAME_WHOLE when conn's read buffer holds the whole next
     frame, FRAME_PARTIAL when more bytes must come first, FRAME_NEEDS_CARE
     when its header needs _recv_frame()'s care (too large, malformed, or
-    the long form, of a frame over MAX_SHORT_FRAME bytes)."""
+    the long form, of a frame over MAX_SHORT_FRAME bytes), FRAME_BUFFERS
+    when it holds the head of a larger frame whose body carries
+    out-of-band buffers, up to its request's ident (_request_head_at)."""
     cdef Py_ssize_t header
     cdef uint64_t body
     cdef FrameState state = _frame_at(conn.rbuf + conn.rstart, conn.rend - conn.rstart,
                                       conn.max_message, &header, &body)
     if state == FRAME_TOO_LARGE or state == FRAME_MALFORMED or header == LONG_FRAME_HEADER_SIZE:
         return FRAME_NEEDS_CARE
+    if (state == FRAME_PARTIAL and header == FRAME_HEADER_SIZE
+            and conn.rend - conn.rstart >= FRAME_HEADER_SIZE + BUFFER_PREFIX_SIZE
+            and conn.rbuf[conn.rstart + FRAME_HEADER_SIZE] == BODY_BUFFERS
+            and conn.rend - conn.rstart >= _request_head_at(conn) + REQUEST_HEAD_SIZE):
+        return FRAME_BUFFERS
     return state
+
+
+cdef inline Py_ssize_t _request_head_at(Connection conn) noexcept:
+    """Where the head of the request in the frame at rstart begins, from
+    rstart: after the buffer table of a body that carries out-of-band
+    buffers (at most MAX_BUFFERS entries are counted: the receive refuses
+    more; before the table's prefix is in, as many).  Precondition: rbuf
+    holds the frame's header."""
+    cdef uint32_t count = MAX_BUFFERS
+    if (conn.rend - conn.rstart <= FRAME_HEADER_SIZE
+            or conn.rbuf[conn.rstart + FRAME_HEADER_SIZE] != BODY_BUFFERS):
+        return FRAME_HEADER_SIZE
+    if conn.rend - conn.rstart >= FRAME_HEADER_SIZE + BUFFER_PREFIX_SIZE:
+        count = fm_get_u32le(conn.rbuf + conn.rstart + FRAME_HEADER_SIZE + 1)
+    if count > MAX_BUFFERS:
+        count = MAX_BUFFERS
+    return FRAME_HEADER_SIZE + BUFFER_PREFIX_SIZE + count * BUFFER_ENTRY_SIZE
 
 
 @cython.final

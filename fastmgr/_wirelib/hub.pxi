@@ -161,6 +161,7 @@ cdef int _hub_serve_ready(Hub hub, _Served s, long gen) except -1:
     cdef Connection conn = s.conn
     cdef Py_ssize_t got = -1, start, size
     cdef FrameState state
+    cdef _Taken taken
     hub.current = s
     fm_store(&hub.call_seq, hub.call_seq + 1)
     fm_store(&hub.busy, 1)
@@ -174,7 +175,9 @@ cdef int _hub_serve_ready(Hub hub, _Served s, long gen) except -1:
             s.drained = hub.sleeps
         while True:
             state = _frame_state(conn)
-            if conn.wbuf.length and (state == FRAME_PARTIAL
+            # (replies also go out before a frame with buffers is read in,
+            # which may take a while)
+            if conn.wbuf.length and (state == FRAME_PARTIAL or state == FRAME_BUFFERS
                                      or conn.wbuf.total() >= c_copy_threshold):
                 _send_buffer(conn)
                 if gen != hub.generation:
@@ -186,9 +189,12 @@ cdef int _hub_serve_ready(Hub hub, _Served s, long gen) except -1:
                 break
             if _needs_own_thread(hub, conn, state):
                 return OWN_THREAD
-            _recv_frame(conn, conn.max_message, &start, &size)
-            _serve_frame(conn, start, size, hub.table, s.control, hub.fallback,
+            # a frame with buffers that is not all in yet is read in here, at
+            # once (the watchdog takes over from this thread if it takes long)
+            taken = _recv_message(conn, &start, &size)
+            _serve_frame(conn, start, size, taken, hub.table, s.control, hub.fallback,
                          s.make_proxy, s.reply)
+            taken = None
             if gen != hub.generation:
                 return REPLACED
             fm_store(&hub.call_seq, hub.call_seq + 1)
@@ -212,10 +218,12 @@ cdef int _needs_own_thread(Hub hub, Connection conn, FrameState state) except -1
     for a request head (decoding it will say why), or its request names a
     thread-bound object."""
     cdef object entry
-    if state == FRAME_NEEDS_CARE or conn.rend - conn.rstart < FRAME_HEADER_SIZE + REQUEST_HEAD_SIZE:
+    cdef Py_ssize_t head = _request_head_at(conn)
+    if (state == FRAME_NEEDS_CARE
+            or conn.rend - conn.rstart < FRAME_HEADER_SIZE + REQUEST_HEAD_SIZE
+            or conn.rend - conn.rstart < head + REQUEST_HEAD_SIZE):
         return True
-    entry = hub.table.get(fm_get_u64le(conn.rbuf + conn.rstart + FRAME_HEADER_SIZE
-                                       + REQUEST_IDENT_OFFSET))
+    entry = hub.table.get(fm_get_u64le(conn.rbuf + conn.rstart + head + REQUEST_IDENT_OFFSET))
     return type(entry) is Entry and (<Entry>entry).thread_bound
 
 
@@ -232,6 +240,10 @@ cdef Py_ssize_t _hub_read(Connection conn, bint drain) except -2:
     if (_frame_at(conn.rbuf + conn.rstart, have, conn.max_message, &header, &body) == FRAME_PARTIAL
             and header == FRAME_HEADER_SIZE):
         need = header + <Py_ssize_t>body - have
+        if need > HUB_PEEK and (have <= header or conn.rbuf[conn.rstart + header] == BODY_BUFFERS):
+            # a large frame: first learn whether its body carries out-of-band
+            # buffers, which are not read into rbuf (_recv_message)
+            need = HUB_PEEK
     if conn.rcap - conn.rend < need:
         memmove(conn.rbuf, conn.rbuf + conn.rstart, have)
         conn.rstart = 0

@@ -11,18 +11,23 @@
 # With rings, the loop's reader keeps rx.reader_waiting raised (the peer
 # rings for every message) except while it spins; a writer that finds tx
 # full raises tx.writer_waiting (the peer rings once it made room) and is
-# called again when the socket turns readable.  A message too large for
+# called again when the socket turns readable, and after every
+# loop_receive() (which takes in the wake-up bytes, that one among them).  A message too large for
 # the ring crosses it in several turns rather than as a detour, whose
 # socket part could not wait for room without blocking.  The functions
 # take the connection first.
 
 cdef int _loop_iov(Connection conn, iovec* iov) except -1:
-    """iov[0:count] over the part of wbuf not sent yet; returns count."""
+    """iov[0:count] over the part of wbuf not sent yet, the out-of-band
+    buffers in place; returns count, at most MAX_SEGMENTS (frames queued
+    together may hold more buffers: the rest goes in a later turn)."""
     cdef WriteBuffer w = conn.wbuf
     cdef int count = 0
     cdef Py_ssize_t pos = 0, offset, skip = conn.loop_sent, n
-    cdef bytes data
-    for offset, data in w.externals:
+    cdef const char* data
+    for offset, segment in w.oob:
+        if count > MAX_SEGMENTS - 3:  # room for this segment, bytes before it, the tail
+            return count
         if offset > pos:
             n = offset - pos
             if skip >= n:
@@ -32,11 +37,11 @@ cdef int _loop_iov(Connection conn, iovec* iov) except -1:
                 iov[count].iov_len = n - skip
                 skip = 0
                 count += 1
-        n = PyBytes_GET_SIZE(data)
+        _segment(segment, &data, &n)
         if skip >= n:
             skip -= n
         else:
-            iov[count].iov_base = PyBytes_AS_STRING(data) + skip
+            iov[count].iov_base = <void*>(data + skip)
             iov[count].iov_len = n - skip
             skip = 0
             count += 1
@@ -50,7 +55,7 @@ cdef int _loop_iov(Connection conn, iovec* iov) except -1:
 
 cdef Py_ssize_t _loop_send(Connection conn) except -1:
     """Connection.loop_send()."""
-    cdef iovec iov[2 * MAX_EXTERNALS + 1]
+    cdef iovec iov[MAX_SEGMENTS]
     cdef int count, i
     cdef msghdr msg
     cdef ssize_t sent
@@ -145,8 +150,9 @@ cdef bint _loop_take_in(Connection conn) except -1:
 cdef list _loop_receive(Connection conn, bint decode):
     """Connection.loop_receive()."""
     cdef list out = []
-    cdef Py_ssize_t header = 0, start
+    cdef Py_ssize_t header = 0, start, size
     cdef uint64_t body = 0
+    cdef _Taken taken
     cdef FrameState state
     cdef bint eof
     _check_open(conn)
@@ -170,8 +176,12 @@ cdef list _loop_receive(Connection conn, bint decode):
         if not decode:
             out.append(PyBytes_FromStringAndSize(<char*>conn.rbuf + start, <Py_ssize_t>body))
             continue
+        size = <Py_ssize_t>body
         try:
-            out.append(conn.codec.decode_response_at(conn.rbuf + start, <Py_ssize_t>body))
+            # out-of-band buffers came into rbuf with the rest of the frame:
+            # each is copied out into the object it becomes
+            taken = _split_body(conn.rbuf, &start, &size)
+            out.append(conn.codec.decode_response_at(conn.rbuf + start, size, taken))
         except ProtocolError:
             conn.close()
             raise

@@ -7,6 +7,8 @@ from libc.stdint cimport uint32_t, uint64_t
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+    Py_ssize_t PY_SSIZE_T_MAX
+    Py_ssize_t Py_SIZE(object o)
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:

@@ -24,32 +24,34 @@ def serve_connection(Connection conn, dict table, Entry control, fallback, make_
     """Receive, decode, look up, check exposure, call, encode, send; until
     the peer closes (see _wire.pyi for the contract)."""
     cdef Py_ssize_t start, size
+    cdef _Taken taken
     cdef _Reply reply = _Reply()
     conn.backlog_max = c_backlog_max  # a server's connection (see _backlog_full)
     while True:
         try:
-            _recv_frame(conn, conn.max_message, &start, &size)
+            taken = _recv_message(conn, &start, &size)
         except EOFError:
             return None
         except ProtocolError:
             _flush_before_failing(conn)
             raise
-        _serve_frame(conn, start, size, table, control, fallback, make_proxy, reply)
+        _serve_frame(conn, start, size, taken, table, control, fallback, make_proxy, reply)
+        taken = None
         # replies to requests that arrived together leave together
         if conn.wbuf.length and (_frame_state(conn) != FRAME_WHOLE
                                  or conn.wbuf.total() >= c_copy_threshold):
             _send_buffer(conn)
 
 
-cdef int _serve_frame(Connection conn, Py_ssize_t start, Py_ssize_t size, dict table,
-                      Entry control, fallback, make_proxy, _Reply reply) except -1:
-    """Decode and run the request in rbuf[start:start + size]; queue its
-    reply in wbuf (not sent yet)."""
+cdef int _serve_frame(Connection conn, Py_ssize_t start, Py_ssize_t size, _Taken taken,
+                      dict table, Entry control, fallback, make_proxy, _Reply reply) except -1:
+    """Decode and run the request in rbuf[start:start + size], whose
+    out-of-band buffers are taken; queue its reply in wbuf (not sent yet)."""
     cdef int kind, rkind
     cdef tuple request, substitute
     cdef object result
     try:
-        request = conn.codec.decode_request_at(conn.rbuf + start, size)
+        request = conn.codec.decode_request_at(conn.rbuf + start, size, taken)
     except ProtocolError:
         _flush_before_failing(conn)
         raise
@@ -66,9 +68,13 @@ cdef int _serve_frame(Connection conn, Py_ssize_t start, Py_ssize_t size, dict t
         rkind = _dispatch(request, table, control, fallback, make_proxy, reply)
         result = reply.value
         reply.value = None
+    taken = None  # the arguments hold the buffers they use
     if kind != REQ_ONEWAY:
         try:
             _queue_response(conn, rkind, result)
+        except MessageTooLarge as exc:
+            # the caller learns why, and its connection goes on
+            _queue_response(conn, RESP_ERROR, (exc, _traceback.format_exc()))
         except Exception:
             substitute = _unencodable(rkind, result)
             _queue_response(conn, substitute[0], substitute[1])

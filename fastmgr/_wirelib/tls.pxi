@@ -43,14 +43,25 @@ cdef int _tls_fill(Connection conn, Py_ssize_t need, double deadline) except -1:
 
 
 cdef int _tls_send(Connection conn, iovec* iov, int count) except -1:
-    """_send_iov() for a TLS socket."""
+    """_send_iov() for a TLS socket: a small message in one write, the
+    parts of a large one in turn, each from its own memory."""
     cdef double deadline = _deadline(conn)
     cdef int i
-    data = b"".join([PyBytes_FromStringAndSize(<char*>iov[i].iov_base, iov[i].iov_len)
-                     for i in range(count)])
-    _tls_timeout(conn, deadline)
+    cdef size_t total = 0
+    for i in range(count):
+        total += iov[i].iov_len
     try:
-        conn.sock.sendall(data)
+        if total <= <size_t>c_copy_threshold:
+            _tls_timeout(conn, deadline)
+            conn.sock.sendall(b"".join([
+                PyBytes_FromStringAndSize(<char*>iov[i].iov_base, iov[i].iov_len)
+                for i in range(count)]))
+            return 0
+        for i in range(count):
+            if iov[i].iov_len:
+                _tls_timeout(conn, deadline)
+                conn.sock.sendall(PyMemoryView_FromMemory(<char*>iov[i].iov_base,
+                                                          iov[i].iov_len, PyBUF_READ))
     except (TimeoutError, _socket.timeout):
         conn.close()
         raise TimeoutError("timed out after %.3g s sending to the peer" % conn._timeout)
