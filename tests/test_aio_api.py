@@ -449,3 +449,48 @@ def test_oneway(aio_manager, aio_run):
     assert aio_run(main) == (True, 101)
     with pytest.raises(TypeError):
         fastmgr.pipeline(aio(d))
+
+
+
+def test_large_calls_in_flight_together(aio_manager, aio_run):
+    """Calls whose requests are larger than a ring, in flight together:
+    the lane writes the next while the server reads the one before and
+    sends its reply (a wake-up that says there is room may come in with
+    the replies).  Bytes of 64 KiB or more travel out of band; a str in
+    the encoding."""
+    maths = aio_manager.Maths()
+    text = "x" * (2 << 20)
+    blobs = [bytes([i]) * (64 << 10) for i in range(64)]   # 64 buffers in one message
+
+    async def main():
+        am = aio(maths)
+        texts = await asyncio.gather(*[am.echo(text) for _ in range(3)])
+        many = await asyncio.gather(*[am.echo(blobs) for _ in range(3)])
+        return texts == [text] * 3 and many == [blobs] * 3
+
+    assert aio_run(main)
+
+
+def test_arrays_and_buffers_come_out_of_band(aio_manager, aio_run):
+    """numpy arrays, bytes and bytearrays through the loop's lanes, both
+    ways (their bytes out of band), and through a Queue."""
+    np = pytest.importorskip("numpy")
+    maths, q = aio_manager.Maths(), aio_manager.Queue()
+    array = np.arange(1 << 20, dtype=np.float64).reshape(1024, 1024)   # 8 MiB
+    blob = bytes(range(256)) * 4096                                      # 1 MiB
+
+    async def main():
+        am, aq = aio(maths), aio(q)
+        back = await am.echo(array)
+        assert back.dtype == array.dtype and back.shape == array.shape
+        assert np.array_equal(back, array) and back.flags.writeable
+        fortran = np.asfortranarray(array[:, :512])
+        back = await am.echo(fortran)
+        assert np.array_equal(back, fortran) and back.flags.f_contiguous
+        assert await am.echo(blob) == blob
+        assert await am.echo(bytearray(blob)) == bytearray(blob)
+        await aq.put(array)
+        assert np.array_equal(await aq.get(timeout=10), array)
+        return True
+
+    assert aio_run(main)

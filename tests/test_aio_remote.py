@@ -49,6 +49,8 @@ def test_views_over_tcp(tls, certificate, aio_run):
         async def main():
             am, aq, ad = aio(maths), aio(q), aio(d)
             assert await am.echo(big) == big
+            blobs = [bytes([i]) * (64 << 10) for i in range(80)]  # out of band, 80 buffers
+            assert await asyncio.gather(am.echo(blobs), am.echo(big)) == [blobs, big]
             sums = await asyncio.gather(*[am.add(i, i) for i in range(200)])
             getter = asyncio.ensure_future(aq.get(timeout=10))  # a lane of its own
             await asyncio.sleep(0.05)

@@ -143,6 +143,10 @@ class Lane:
         except (EOFError, OSError, ProtocolError) as exc:
             self.broken(exc)
             return
+        if self._pending() and not self.closed:
+            # the wake-up that said the peer made room in the ring may
+            # have come after the push and been taken in with the replies
+            self._push()
         if self.greeting:
             self.frames_in.extend(replies)
             self._handshake_frame()
