@@ -153,7 +153,10 @@ tag   type       payload
 ====  =========  ==========================================================
 
 Only objects whose type is *exactly* one of the first ten (not a subclass:
-``bool`` is its own tag, an ``IntEnum`` is pickled) are encoded natively.
+``bool`` is its own tag, an ``IntEnum`` is pickled) are encoded natively,
+and the views of a dict (``keys()``, ``values()``, ``items()``: of exactly
+those types), which are encoded as a list (``0x09``) of their items (for
+``items()``, 2-tuples): what the stdlib's pickler makes of them too.
 Everything else, and a str/bytes/container of 2**32 or more bytes/items (but
 a bytes value that goes out of band), is pickled.  Native nesting deeper than ``MAX_DEPTH`` makes the whole top-level
 value fall back to pickle (so recursive structures survive).

@@ -189,8 +189,10 @@ cdef class Codec:
 
     cdef int _pickle(self, WriteBuffer buf, object obj) except -1
     cdef int _encode(self, WriteBuffer buf, object obj, int depth) except -1
-    cdef int _encode_container(self, WriteBuffer buf, object obj, type t,
-                               int depth) except -1
+    cdef int _encode_container(self, WriteBuffer buf, object obj, type t, int depth) except -1
+    cdef int _encode_items(self, WriteBuffer buf, object obj, type t, Py_ssize_t n,
+                           int depth) except -1
+    cdef int _encode_dict(self, WriteBuffer buf, dict obj, Py_ssize_t n, int depth) except -1
     cdef int encode_top(self, WriteBuffer buf, object obj) except -1
     cdef int encode_request_into(self, WriteBuffer buf, int kind, uint64_t ident,
                                  object method, object args, object kwds) except -1

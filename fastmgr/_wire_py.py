@@ -69,6 +69,7 @@ _REQUEST_KINDS = (REQ_CALL, REQ_ONEWAY)
 #: of them share a hash, but for -1 and -2)
 _UNCOUNTED_KEYS = (str, bytes) if sys.flags.hash_randomization else ()
 _HASH_MODULUS = sys.hash_info.modulus
+_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 _RESPONSE_KINDS = (RESP_RETURN, RESP_ERROR, RESP_FAILURE, RESP_PROXY)
 
 _u8 = struct.Struct("<B")
@@ -284,7 +285,7 @@ class Codec:
             else:
                 out.append(_tagged_length(T_STR if t is str else T_BYTES, len(raw)))
                 out.append(raw)
-        elif t is tuple or t is list or t is dict:
+        elif t is tuple or t is list or t is dict or t in _DICT_VIEWS:
             if len(obj) >= _U32_LIMIT:
                 self._encode_pickle(obj, body)
                 return
@@ -296,7 +297,7 @@ class Codec:
                 for key, value in obj.items():
                     self._encode(key, body, depth)
                     self._encode(value, body, depth)
-            else:
+            else:  # a dict's view goes as a list, as the stdlib's pickler sends it
                 out.append(_tagged_length(T_TUPLE if t is tuple else T_LIST, len(obj)))
                 for item in obj:
                     self._encode(item, body, depth)

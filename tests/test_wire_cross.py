@@ -308,3 +308,11 @@ def _any_outcome(call, data):
     except Exception as exc:
         return (type(exc).__name__,)
 
+
+def test_dict_views_go_as_lists(both):
+    d = {"a": 1, 2: (3, 4), None: [5, {"x": b"y"}]}
+    for view in (d.keys(), d.values(), d.items(), {}.items()):
+        for serializer in ("pickle", "safe"):
+            as_list = both[1].Codec(serializer).dumps(list(view))
+            assert [wire.Codec(serializer).dumps(view) for wire in both] == [as_list] * 2
+            assert same(both[0].Codec(serializer).loads(as_list), list(view))

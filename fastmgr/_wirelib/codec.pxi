@@ -2,6 +2,11 @@
 # specifies them (included by _wire.pyx; its layout is in _wire.pxd).  The
 # out-of-band buffers of large values are in outofband.pxi.
 
+# dict views go as lists (the stdlib registers the same for its pickler)
+cdef type _dict_keys = type({}.keys())
+cdef type _dict_values = type({}.values())
+cdef type _dict_items = type({}.items())
+
 cdef int _serializer_mode(str serializer) except -1:
     if serializer == "pickle":
         return 0
@@ -118,31 +123,37 @@ cdef class Codec:
                 return self._pickle(buf, obj)
             buf.write_tag_u32(T_BYTES, <uint32_t>n)
             return buf.write_raw(PyBytes_AS_STRING(obj), n)
-        if t is tuple or t is list or t is dict:
+        if (t is tuple or t is list or t is dict or t is _dict_keys or t is _dict_values
+                or t is _dict_items):
             return self._encode_container(buf, obj, t, depth)
         return self._pickle(buf, obj)
 
-    cdef int _encode_container(self, WriteBuffer buf, object obj, type t,
-                                      int depth) except -1:
-        """_encode() of a tuple, list or dict (t: its type)."""
-        cdef Py_ssize_t n, i
-        cdef PyObject* key
-        cdef PyObject* value
-        cdef Py_ssize_t pos = 0
-        cdef int r
+    cdef int _encode_container(self, WriteBuffer buf, object obj, type t, int depth) except -1:
+        """_encode() of a tuple, list, dict or dict view (t: its type)."""
+        cdef Py_ssize_t n
         if depth > c_max_depth:
             return TOO_DEEP
         n = len(obj)
         if <uint64_t>n >= U32_LIMIT:
             return self._pickle(buf, obj)
+        if t is dict:
+            return self._encode_dict(buf, obj, n, depth)
+        return self._encode_items(buf, obj, t, n, depth)
+
+    cdef int _encode_items(self, WriteBuffer buf, object obj, type t, Py_ssize_t n,
+                           int depth) except -1:
+        """The n items of a tuple, a list, or a dict's view (which goes as a
+        list, as the stdlib's pickler sends it), behind their tag and count."""
+        cdef Py_ssize_t i
+        cdef int r
+        buf.write_tag_u32(T_TUPLE if t is tuple else T_LIST, <uint32_t>n)
         if t is tuple:
-            buf.write_tag_u32(T_TUPLE, <uint32_t>n)
             for i in range(n):
-                r = self._encode(buf, <object>PyTuple_GET_ITEM(obj, i), depth + 1)
+                item = <object>PyTuple_GET_ITEM(obj, i)
+                r = self._encode(buf, item, depth + 1)
                 if r:
                     return r
         elif t is list:
-            buf.write_tag_u32(T_LIST, <uint32_t>n)
             for i in range(n):
                 # the list may shrink while an item's pickling runs Python code
                 if i >= PyList_GET_SIZE(obj):
@@ -152,22 +163,39 @@ cdef class Codec:
                 if r:
                     return r
         else:
-            buf.write_tag_u32(T_DICT, <uint32_t>n)
             i = 0
-            while PyDict_Next(obj, &pos, &key, &value):
-                k = <object>key
-                val = <object>value
+            for item in obj:
                 i += 1
                 if i > n:
                     break
-                r = self._encode(buf, k, depth + 1)
-                if r:
-                    return r
-                r = self._encode(buf, val, depth + 1)
+                r = self._encode(buf, item, depth + 1)
                 if r:
                     return r
             if i != n:
                 raise RuntimeError("dictionary changed size during encoding")
+        return 0
+
+    cdef int _encode_dict(self, WriteBuffer buf, dict obj, Py_ssize_t n, int depth) except -1:
+        """The n entries of a dict behind their tag and count."""
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef Py_ssize_t pos = 0, i = 0
+        cdef int r
+        buf.write_tag_u32(T_DICT, <uint32_t>n)
+        while PyDict_Next(obj, &pos, &key, &value):
+            k = <object>key
+            val = <object>value
+            i += 1
+            if i > n:
+                break
+            r = self._encode(buf, k, depth + 1)
+            if r:
+                return r
+            r = self._encode(buf, val, depth + 1)
+            if r:
+                return r
+        if i != n:
+            raise RuntimeError("dictionary changed size during encoding")
         return 0
 
     cdef int encode_top(self, WriteBuffer buf, object obj) except -1:
