@@ -201,8 +201,16 @@ cdef class Codec:
                         _Taken taken)
     cdef object _decode_bytes(self, const unsigned char* p, Py_ssize_t at, uint8_t tag,
                               uint64_t length, uint64_t buffers, _Taken taken)
+    cdef inline object _item(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                             int depth, _Taken taken)
+    cdef list _decode_list(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                           int depth, _Taken taken, Py_ssize_t count)
+    cdef tuple _decode_tuple(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                             int depth, _Taken taken, Py_ssize_t count)
     cdef dict _decode_dict(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                           Py_ssize_t count, int depth, _Taken taken)
+                           int depth, _Taken taken, Py_ssize_t count)
+    cdef dict _decode_dict_counted(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                                   Py_ssize_t count, int depth, _Taken taken)
     cdef object decode_all(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
                            _Taken taken)
     cdef tuple decode_request_at(self, const unsigned char* p, Py_ssize_t n, _Taken taken)

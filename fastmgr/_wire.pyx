@@ -15,6 +15,7 @@ two to the same bytes; the handshake is _handshake.py, for both.
     buffers.pxi      WriteBuffer: outgoing frames, large buffers sent in place
     framing.pxi      frame headers (read in one place, _frame_at), FrameReader
     codec.pxi        Codec: values and envelopes to bytes and back
+    codec_items.pxi    the items of big containers, quickly
     outofband.pxi      large values' buffers: their table, taking and receiving them
     connection.pxi   Connection: its Python surface, receiving, sending
     socket_path.pxi    bytes through the socket: spin, then block
@@ -100,6 +101,7 @@ include "_wirelib/spin_policy.pxi"
 include "_wirelib/buffers.pxi"
 include "_wirelib/framing.pxi"
 include "_wirelib/codec.pxi"
+include "_wirelib/codec_items.pxi"
 include "_wirelib/outofband.pxi"
 include "_wirelib/connection.pxi"
 include "_wirelib/socket_path.pxi"

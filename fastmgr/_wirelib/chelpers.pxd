@@ -68,5 +68,10 @@ cdef extern from "fm_ring.h" nogil:
     void fm_flag_set(uint32_t* flag, uint32_t v)
     int fm_flag_seen(uint32_t* flag)
 
+cdef extern from "fm_codec.h":
+    bint fm_ascii(const unsigned char* p, size_t n) nogil
+    int fm_dict_set(object d, object k, object v)  # -1 with an exception set
+    object fm_take_error()
+
 cdef extern from "fm_memory.h" nogil:
     void fm_advise_huge(char* p, size_t n)

@@ -1,6 +1,7 @@
 # Codec: values and envelopes to bytes and back, as _protocol.py
 # specifies them (included by _wire.pyx; its layout is in _wire.pxd).  The
-# out-of-band buffers of large values are in outofband.pxi.
+# quick paths for the items of big containers are in codec_items.pxi, the
+# out-of-band buffers of large values in outofband.pxi.
 
 # dict views go as lists (the stdlib registers the same for its pickler)
 cdef type _dict_keys = type({}.keys())
@@ -103,6 +104,8 @@ cdef class Codec:
             return buf.write_raw(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         if t is float:
             return buf.write_tag_u64(T_FLOAT, fm_double_bits(PyFloat_AS_DOUBLE(obj)))
+        if t is str and PyUnicode_IS_COMPACT_ASCII(obj) and _encode_scalar(buf, obj):
+            return 0  # its bytes are its UTF-8: no call, no try
         if t is str:
             try:
                 s = PyUnicode_AsUTF8AndSize(obj, &n)
@@ -150,27 +153,30 @@ cdef class Codec:
         if t is tuple:
             for i in range(n):
                 item = <object>PyTuple_GET_ITEM(obj, i)
-                r = self._encode(buf, item, depth + 1)
-                if r:
-                    return r
+                if not _encode_scalar(buf, item):
+                    r = self._encode(buf, item, depth + 1)
+                    if r:
+                        return r
         elif t is list:
             for i in range(n):
                 # the list may shrink while an item's pickling runs Python code
                 if i >= PyList_GET_SIZE(obj):
                     raise RuntimeError("list changed size during encoding")
                 item = <object>PyList_GET_ITEM(obj, i)
-                r = self._encode(buf, item, depth + 1)
-                if r:
-                    return r
+                if not _encode_scalar(buf, item):
+                    r = self._encode(buf, item, depth + 1)
+                    if r:
+                        return r
         else:
             i = 0
             for item in obj:
                 i += 1
                 if i > n:
                     break
-                r = self._encode(buf, item, depth + 1)
-                if r:
-                    return r
+                if not _encode_scalar(buf, item):
+                    r = self._encode(buf, item, depth + 1)
+                    if r:
+                        return r
             if i != n:
                 raise RuntimeError("dictionary changed size during encoding")
         return 0
@@ -188,12 +194,14 @@ cdef class Codec:
             i += 1
             if i > n:
                 break
-            r = self._encode(buf, k, depth + 1)
-            if r:
-                return r
-            r = self._encode(buf, val, depth + 1)
-            if r:
-                return r
+            if not _encode_scalar(buf, k):
+                r = self._encode(buf, k, depth + 1)
+                if r:
+                    return r
+            if not _encode_scalar(buf, val):
+                r = self._encode(buf, val, depth + 1)
+                if r:
+                    return r
         if i != n:
             raise RuntimeError("dictionary changed size during encoding")
         return 0
@@ -260,8 +268,6 @@ cdef class Codec:
         cdef Py_ssize_t at = pos[0]
         cdef uint8_t tag
         cdef uint64_t length, buffers = 0
-        cdef Py_ssize_t i, count
-        cdef object result, item, key
         if at >= n:
             raise ProtocolError("truncated message: value expected")
         tag = p[at]
@@ -302,41 +308,20 @@ cdef class Codec:
             # every item takes at least one byte: refuse counts the data cannot hold
             if length > <uint64_t>(n - at) or (tag == T_DICT and 2 * length > <uint64_t>(n - at)):
                 raise ProtocolError("truncated message: container of %d items" % length)
-            count = <Py_ssize_t>length
             pos[0] = at
             if tag == T_DICT:
-                if not self.may_pickle and count > c_same_hash_max:
-                    return self._decode_dict(p, n, pos, count, depth, taken)  # keys counted per hash
-                result = {}
-                for i in range(count):
-                    key = self._decode(p, n, pos, depth + 1, taken)
-                    item = self._decode(p, n, pos, depth + 1, taken)
-                    try:
-                        PyDict_SetItem(result, key, item)
-                    except TypeError as exc:
-                        raise ProtocolError("bad dict key: %s" % exc) from None
-                return result
+                if not self.may_pickle and length > c_same_hash_max:
+                    # keys counted per hash
+                    return self._decode_dict_counted(p, n, pos, <Py_ssize_t>length, depth, taken)
+                return self._decode_dict(p, n, pos, depth, taken, <Py_ssize_t>length)
             if tag == T_LIST or self.tuples_as_lists:
-                result = PyList_New(count)
-                for i in range(count):
-                    item = self._decode(p, n, pos, depth + 1, taken)
-                    Py_INCREF(item)
-                    PyList_SET_ITEM(result, i, item)
-                return result
-            result = PyTuple_New(count)
-            for i in range(count):
-                item = self._decode(p, n, pos, depth + 1, taken)
-                Py_INCREF(item)
-                PyTuple_SET_ITEM(result, i, item)
-            return result
+                return self._decode_list(p, n, pos, depth, taken, <Py_ssize_t>length)
+            return self._decode_tuple(p, n, pos, depth, taken, <Py_ssize_t>length)
         if length > <uint64_t>(n - at):
             raise ProtocolError("truncated message: %d bytes announced, %d left" % (length, n - at))
         pos[0] = at + <Py_ssize_t>length
         if tag == T_STR:
-            try:
-                return PyUnicode_DecodeUTF8(<const char*>p + at, <Py_ssize_t>length, "surrogatepass")
-            except UnicodeDecodeError as exc:
-                raise ProtocolError("bad UTF-8 in str: %s" % exc) from None
+            return _decode_str(<const char*>p + at, <Py_ssize_t>length)
         return self._decode_bytes(p, at, tag, length, buffers, taken)
 
     cdef object _decode_bytes(self, const unsigned char* p, Py_ssize_t at, uint8_t tag,
@@ -358,8 +343,70 @@ cdef class Codec:
             raise ProtocolError("a pickle announced with no out-of-band buffer")
         return _pickling.loads(data, buffers=_take(taken, buffers, False))
 
+    cdef inline object _item(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                             int depth, _Taken taken):
+        """A container's item: _decode_scalar() when it can, else _decode()."""
+        cdef PyObject* item = _decode_scalar(p, n, pos)
+        if item != NULL:
+            return _owned(item)
+        if PyErr_Occurred():
+            _raise_pending()
+        return self._decode(p, n, pos, depth, taken)
+
+    cdef list _decode_list(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                           int depth, _Taken taken, Py_ssize_t count):
+        cdef list result = PyList_New(count)
+        cdef Py_ssize_t i
+        if count:
+            # the collector is kept off it while it fills (else every pass
+            # that runs meanwhile walks all of its items so far)
+            PyObject_GC_UnTrack(result)
+        for i in range(count):
+            item = self._item(p, n, pos, depth + 1, taken)
+            Py_INCREF(item)
+            PyList_SET_ITEM(result, i, item)
+        if count:
+            PyObject_GC_Track(result)
+        return result
+
+    cdef tuple _decode_tuple(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                             int depth, _Taken taken, Py_ssize_t count):
+        cdef tuple result = PyTuple_New(count)
+        cdef Py_ssize_t i
+        cdef bint atomic = True
+        if count == 0:
+            return result
+        PyObject_GC_UnTrack(result)  # as a list's, while it fills
+        for i in range(count):
+            item = self._item(p, n, pos, depth + 1, taken)
+            if atomic and not _atomic(item):
+                atomic = False
+            Py_INCREF(item)
+            PyTuple_SET_ITEM(result, i, item)
+        if not atomic:
+            # else it stays untracked: a tuple of such items is in no cycle
+            # (the collector would find that out at its next pass, which a
+            # big list of small tuples makes costly)
+            PyObject_GC_Track(result)
+        return result
+
     cdef dict _decode_dict(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
-                           Py_ssize_t count, int depth, _Taken taken):
+                           int depth, _Taken taken, Py_ssize_t count):
+        # sized for its entries at once, as far as the bytes left could hold
+        # distinct ones (a peer's count must not make us allocate much more
+        # than the message): growing a big dict step by step rehashes it
+        # again and again
+        cdef dict result = _new_dict(min(count, (n - pos[0]) // 16))
+        cdef Py_ssize_t i
+        for i in range(count):
+            key = self._item(p, n, pos, depth + 1, taken)
+            item = self._item(p, n, pos, depth + 1, taken)
+            if fm_dict_set(result, key, item) < 0:
+                _bad_dict_key()
+        return result
+
+    cdef dict _decode_dict_counted(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                                   Py_ssize_t count, int depth, _Taken taken):
         """_decode() of a dict of count entries (more than SAME_HASH_MAX)
         without pickle: a key that would be the SAME_HASH_MAX + 1st of its
         hash value raises ProtocolError before it goes in (see

@@ -1,6 +1,7 @@
 # The system calls and CPython functions the compiled wire uses that
 # Cython's own declarations (libc, posix, cpython) do not cover.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
 
 
@@ -9,6 +10,33 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     Py_ssize_t PY_SSIZE_T_MAX
     Py_ssize_t Py_SIZE(object o)
+    # strings: ASCII ones are made and read straight (codec_items.pxi)
+    object PyUnicode_New(Py_ssize_t size, unsigned int maxchar)
+    void* PyUnicode_DATA(object o)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    # the collector (codec.pxi keeps it off containers while they fill)
+    ctypedef struct PyTypeObject
+    PyTypeObject* Py_TYPE(object o)
+    bint PyType_IS_GC(PyTypeObject* t)
+    bint PyObject_GC_IsTracked(object o)
+    void PyObject_GC_UnTrack(object o)
+    void PyObject_GC_Track(object o)
+    bint PyErr_ExceptionMatches(object exc)
+    PyObject* PyErr_Occurred()
+    # a dict sized for its entries at once (private, in every CPython from 3.10)
+    dict _new_dict "_PyDict_NewPresized"(Py_ssize_t minused)
+    # the items of big containers made as C (codec_items.pxi): a new
+    # reference, or NULL with an exception set
+    PyObject* _new_float "PyFloat_FromDouble"(double v)
+    PyObject* _new_int "PyLong_FromLongLong"(long long v)
+    PyObject* _new_str "PyUnicode_New"(Py_ssize_t size, unsigned int maxchar)
+    void* _str_data "PyUnicode_DATA"(PyObject* o)
+    PyObject* _none "Py_None"
+    PyObject* _true "Py_True"
+    PyObject* _false "Py_False"
+    void Py_XINCREF(PyObject* o)
+    void Py_XDECREF(PyObject* o)
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
