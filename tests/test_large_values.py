@@ -501,3 +501,25 @@ def test_client_killed_while_sending_64mib(how):
         store.put(None)
         assert _wait_rss_below(server, baseline + 16 * 1024) <= baseline + 16 * 1024
         assert other.get() == "still here"
+
+
+@pytest.mark.parametrize("address", ["unix", "tcp"])
+def test_messages_above_the_backlog_bound_pipelined(address):
+    """A request or a reply larger than a server connection's bound on
+    unread requests plus unsent replies (BACKLOG_MAX) is still received,
+    and sent, whole, with more of them waiting behind it."""
+    array = np.arange(2 * P.BACKLOG_MAX // 8, dtype=np.float64)      # twice the bound
+    m = LargeManager(address=("127.0.0.1", 0) if address == "tcp" else None)
+    m.start()
+    try:
+        store = m.Store()
+        with fastmgr.pipeline(store):
+            pending = []
+            for i in range(4):
+                store.put(array + i)
+                pending.append(store.get())
+        for i, p in enumerate(pending):
+            assert same_array(p.result(), array + i)
+        assert same_array(store.get(), array + 3)
+    finally:
+        m.shutdown()
