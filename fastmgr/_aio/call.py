@@ -19,11 +19,17 @@ reply to its ``late`` handler, if it has one (``leftovers.py``).
 """
 import asyncio
 import collections.abc
+import contextvars
 
 from .. import _protocol as P
 from ..proxies import BaseProxy, reply_error
 
-__all__ = ["Call", "PlainCall", "GuardedCall", "OpCall", "exception_for"]
+__all__ = ["FREE", "QUICK", "Call", "PlainCall", "run_callbacks", "GuardedCall", "OpCall", "exception_for"]
+
+#: routes of a PlainCall besides a lane of its own: the shared lane, and
+#: the shared lane unless the calling task holds a lock (then its lane)
+FREE = "free"
+QUICK = "quick"
 
 RESP_RETURN = P.RESP_RETURN
 RESP_PROXY = P.RESP_PROXY
@@ -33,6 +39,11 @@ _add_done_callback = asyncio.Future.add_done_callback
 _future_result = asyncio.Future.result
 _future_exception = asyncio.Future.exception
 _future_del = asyncio.Future.__del__
+_future_done = asyncio.Future.done
+_future_set_result = asyncio.Future.set_result
+_future_set_exception = asyncio.Future.set_exception
+_future_cancel = asyncio.Future.cancel
+_copy_context = contextvars.copy_context
 
 
 def exception_for(kind, value):
@@ -204,7 +215,10 @@ class PlainCall(Call):
     # after: after(value) for every result, early or late (a lock's bookkeeping)
     # spin: whether the caller may spin for the reply (calls that may wait
     #       on the server do not)
-    __slots__ = ("link", "route", "request", "view", "late", "after", "spin")
+    # _fn, _ctx: its first done-callback and that callback's context, or None
+    # _more: [(fn, context)] of the callbacks after the first, or None
+    __slots__ = ("link", "route", "request", "view", "late", "after", "spin",
+                 "_fn", "_ctx", "_more")
     oneway = False
 
     def __init__(self, loop, link, route, request, view=None, late=None, after=None,
@@ -224,14 +238,90 @@ class PlainCall(Call):
         self.late = late
         self.after = after
         self.spin = spin
+        self._fn = self._ctx = self._more = None
+
+    # no unclaimed handler (that is GuardedCall's): Future's own result()
+    result = _future_result
+
+    @property
+    def _asyncio_future_blocking(self):
+        if not self._begun:
+            self._started()
+        return _blocking.__get__(self)
+
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value):
+        _blocking.__set__(self, value)
+
+    # -- done-callbacks --------------------------------------------------------
+    #
+    # A PlainCall keeps its own done-callbacks: a lane that resolves many
+    # calls at once schedules all their callbacks in one handle of the
+    # loop (run_callbacks), where a Future schedules one handle per
+    # callback, which costs more than the rest of the call.  As with a
+    # Future, callbacks are taken when the call is done and run soon after,
+    # each in its own context, never inside set_result() itself.
+
+    def add_done_callback(self, fn, *, context=None):
+        if not self._begun:
+            self._started()
+        if context is None:
+            context = _copy_context()
+        if _future_done(self):
+            self.get_loop().call_soon(fn, self, context=context)
+        elif self._fn is None:
+            self._fn = fn
+            self._ctx = context
+        elif self._more is None:
+            self._more = [(fn, context)]
+        else:
+            self._more.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        if self._fn is None or _future_done(self):
+            return 0
+        kept = [(self._fn, self._ctx)] + (self._more or [])
+        left = [(f, ctx) for f, ctx in kept if f != fn]
+        self._fn = self._ctx = self._more = None
+        if left:
+            (self._fn, self._ctx), more = left[0], left[1:]
+            self._more = more or None
+        return len(kept) - len(left)
+
+    def _callbacks_due(self):
+        """The call is done: its callbacks run soon."""
+        if self._fn is not None:
+            self.get_loop().call_soon(run_callbacks, [self])
+
+    def set_result(self, result):
+        _future_set_result(self, result)
+        self._callbacks_due()
+
+    def set_exception(self, exception):
+        _future_set_exception(self, exception)
+        self._callbacks_due()
+
+    def cancel(self, msg=None):
+        if not _future_cancel(self, msg):
+            return False
+        self._callbacks_due()
+        self._settled()
+        self._ended_early()
+        return True
 
     def _started(self):
-        # Call._started with _begin inlined: this runs for every call
+        # Call._started with _begin, and Link.dispatch for the shared
+        # lane, inlined: this runs for every call
         if self._begun:
             return
         self._begun = True
         try:
-            self.link.dispatch(self)
+            link = self.link
+            lane = link.shared
+            if self.route is FREE and lane is not None and not link.peer.dead:
+                lane.send(self)
+            else:
+                link.dispatch(self)
         except BaseException as exc:  # delivered to whoever awaits
             if not self.done():
                 self.set_exception(exc)
@@ -283,6 +373,38 @@ class PlainCall(Call):
             self.set_exception(exc)
 
 
+def run_callbacks(calls):
+    """Run the done-callbacks of calls, which are done (one handle of the
+    loop for them all; see PlainCall).  A callback that raises is reported
+    to the loop's exception handler, as the loop does with a handle."""
+    for i, call in enumerate(calls):
+        fn, context, more = call._fn, call._ctx, call._more
+        call._fn = call._ctx = call._more = None
+        while fn is not None:
+            try:
+                context.run(fn, call)
+            except (SystemExit, KeyboardInterrupt):
+                # what is left still runs, in a later turn
+                rest = [call] if more else []
+                if more:
+                    call._fn, call._ctx = more[0]
+                    call._more = more[1:] or None
+                rest.extend(calls[i + 1:])
+                if rest:
+                    call.get_loop().call_soon(run_callbacks, rest)
+                raise
+            except BaseException as exc:
+                call.get_loop().call_exception_handler({
+                    "message": "Exception in callback %r" % (fn,),
+                    "exception": exc,
+                    "future": call,
+                })
+            if more:
+                (fn, context), more = more[0], more[1:]
+            else:
+                fn = None
+
+
 class Guarded:
     """A call whose result must not be dropped unseen (an item a get took,
     a lock an acquire took): if nobody takes it, its unclaimed handler does,
@@ -306,6 +428,8 @@ class Guarded:
 class GuardedCall(Guarded, PlainCall):
     """A PlainCall with a late handler, which also takes a result nobody
     took, and says when its reply came (``replied``, ``on_reply``)."""
+
+    result = Call.result
 
     # replied: whether the reply (or the failure) came
     # on_reply: on_reply() once it came, after the late handler (or None)

@@ -22,13 +22,20 @@ frames and decodes there, and between processes on one machine carries the
 bytes through its shared-memory rings, the socket carrying only wake-up
 bytes.  TLS lanes are ``tls_lane.TlsLane``.
 """
+import asyncio
 import collections
 
 from .. import _protocol as P
 from ..errors import ManagerGone, ProtocolError
-from ..proxies import collect_increfs
+from ..proxies import BaseProxy, collect_increfs
+from .call import PlainCall, run_callbacks
 
 __all__ = ["Lane", "WireLane", "copy_failure"]
+
+REQ_CALL = P.REQ_CALL
+RESP_RETURN = P.RESP_RETURN
+_future_done = asyncio.Future.done
+_future_set_result = asyncio.Future.set_result  # PlainCall's own, without its callbacks
 
 
 class Lane:
@@ -157,6 +164,7 @@ class Lane:
 
     def _deliver(self, replies):
         slots, increfs = self.slots, self._increfs
+        due = []  # calls resolved here whose callbacks run together (run_callbacks)
         collect_increfs(increfs)
         try:
             for kind, value in replies:
@@ -164,11 +172,26 @@ class Lane:
                     self.broken(ProtocolError("the manager sent a reply that nothing asked for"))
                     return
                 call = slots.popleft()
+                if (kind == RESP_RETURN and call.__class__ is PlainCall and call.after is None
+                        and call._timer is None and not isinstance(value, BaseProxy)):
+                    # PlainCall.resolve's common case, inlined: a plain value
+                    # for a call with no timer and nothing to do after
+                    call.view = None
+                    if not _future_done(call):
+                        _future_set_result(call, value)
+                        if call._fn is not None:
+                            due.append(call)
+                    continue
+                if due:  # callbacks run in the order of the replies
+                    self.loop.call_soon(run_callbacks, due)
+                    due = []
                 if kind == 0:
                     call.fail(value)
                 else:
                     call.resolve(kind, value)
         finally:
+            if due:
+                self.loop.call_soon(run_callbacks, due)
             # resolve() only scheduled the awaiting tasks: these increfs
             # leave before any of them can use a proxy that came here
             collect_increfs(None)
@@ -249,6 +272,21 @@ class WireLane(Lane):
     def greeted(self):
         super().greeted()
         self.conn.max_message = P.DEFAULT_MAX_MESSAGE
+
+    def send(self, call):
+        # the common case of Lane.send inlined: replies are outstanding, so
+        # the request leaves with the others at the end of the loop's turn
+        slots = self.slots
+        if not slots or self.closed:
+            Lane.send(self, call)
+            return
+        ident, method, args, kwds = call.request
+        self.conn.loop_queue(REQ_CALL, ident, method, args, kwds)
+        call.request = None
+        slots.append(call)
+        if not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self.flush)
 
     def _queue(self, kind, request):
         ident, method, args, kwds = request

@@ -29,17 +29,13 @@ from multiprocessing import util
 
 from .._backend import wire
 from ..errors import ManagerGone, RemoteError
-from .call import GuardedCall, OnewayRequest, PlainCall
+from .call import FREE, QUICK, GuardedCall, OnewayRequest, PlainCall
 from .connect import open_lane
 from .lane import copy_failure
 from .leftovers import Leftovers
 
 __all__ = ["Link", "link_for", "FREE", "QUICK"]
 
-#: routes of a PlainCall besides a lane of its own: the shared lane, and
-#: the shared lane unless the calling task holds a lock (then its lane)
-FREE = "free"
-QUICK = "quick"
 
 #: pool lanes kept open while nobody uses them
 IDLE_MAX = 8
