@@ -35,6 +35,7 @@ RESP_RETURN = P.RESP_RETURN
 RESP_PROXY = P.RESP_PROXY
 _future_init = asyncio.Future.__init__
 _blocking = asyncio.Future.__dict__["_asyncio_future_blocking"]
+_blocking_get = _blocking.__get__
 _add_done_callback = asyncio.Future.add_done_callback
 _future_result = asyncio.Future.result
 _future_exception = asyncio.Future.exception
@@ -246,8 +247,27 @@ class PlainCall(Call):
     @property
     def _asyncio_future_blocking(self):
         if not self._begun:
-            self._started()
-        return _blocking.__get__(self)
+            # _started inlined, for the calls a gather (ensure_future, ...)
+            # starts: their caller starts others before it waits, so they
+            # do not spin (the requests of the turn leave together)
+            self._begun = True
+            self.spin = False
+            try:
+                link = self.link
+                lane = link.shared
+                if self.route is FREE and lane is not None and not link.peer.dead:
+                    lane.send(self)
+                else:
+                    link.dispatch(self)
+            except BaseException as exc:  # delivered to whoever awaits
+                if not _future_done(self):
+                    self.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            if self._limit is not None and not _future_done(self):
+                self._timer = self.get_loop().call_later(self._limit, self._time_up,
+                                                         self._limit)
+        return _blocking_get(self)
 
     @_asyncio_future_blocking.setter
     def _asyncio_future_blocking(self, value):
