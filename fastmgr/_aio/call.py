@@ -394,11 +394,12 @@ class PlainCall(Call):
             self.set_exception(exc)
 
 
-def plain_call(loop, link, route, request, view, limit):
-    """PlainCall(loop, link, route, request, view, limit=limit), made
-    without the cost of a Python __init__ (a view's every call is one)."""
+def plain_call(link, route, request, view, limit):
+    """PlainCall(running loop, link, route, request, view, limit=limit),
+    made without the cost of a Python __init__ (a view's every call is one).
+    Called where a loop runs."""
     call = _future_new(PlainCall)
-    _future_init(call, loop=loop)
+    _future_init(call)  # of the running loop (and no keyword to parse)
     call._begun = call._awaited = False
     call._it = call._timer = call._unclaimed = None
     call._limit = limit

@@ -119,14 +119,14 @@ class AsyncProxy:
             limit = self._proxy.__dict__.get("_call_timeout", self._peer.timeout)
         bound = self._bound
         if bound is False:
-            return plain_call(loop, link, FREE, (self._ident, method, args, kwds), self, limit)
+            return plain_call(link, FREE, (self._ident, method, args, kwds), self, limit)
         if bound is None:
             return OpCall(loop, lambda outer: ops.first_call(self, outer, method, args, kwds, op),
                           limit)
         if op is not None:
             return OpCall(loop, lambda outer: op(self, outer, *args, **(kwds or {})), limit)
         if method in ops.QUICK_METHODS:
-            return plain_call(loop, link, QUICK, (self._ident, method, args, kwds), self, limit)
+            return plain_call(link, QUICK, (self._ident, method, args, kwds), self, limit)
         return OpCall(loop, lambda outer: ops.blocking_call(self, outer, method, args, kwds),
                       limit)
 
@@ -449,7 +449,7 @@ def _forwarder(method):
             return self._later(method, args, kwds, None)
         link = self._link
         if self._loop is loop and self._bound is False and not link.closed:
-            return plain_call(loop, link, FREE, (self._ident, method, args, kwds), self,
+            return plain_call(link, FREE, (self._ident, method, args, kwds), self,
                               self._proxy.__dict__.get("_call_timeout", self._peer.timeout))
         return self._call(method, args, kwds)
     call.__name__ = twin_name(method)
