@@ -370,6 +370,47 @@ def test_many_calls_in_flight(aio_manager, aio_run):
     assert mixed == [i * i if i % 2 else i for i in range(300)]
 
 
+def test_done_callbacks_of_calls_behave_as_a_futures(aio_manager, aio_run):
+    # a call keeps its own done-callbacks (many run from one handle of the
+    # loop): they run soon after, in order, each in its own context; a
+    # callback that raises goes to the loop's exception handler
+    import contextvars
+    d = aio_manager.dict({i: i for i in range(50)})
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reported = []
+        loop.set_exception_handler(lambda loop, context: reported.append(context["exception"]))
+        ad = aio(d)
+        seen = []
+        calls = [ad.get(i) for i in range(50)]
+        for i, call in enumerate(calls):
+            var.set(i)
+            ctx = contextvars.copy_context()
+            call.add_done_callback(lambda c, i=i: seen.append((i, var.get(), c.result())),
+                                   context=ctx)
+            call.add_done_callback(lambda c: seen.append("second") if c is calls[0] else None)
+        var.set("main")
+        removed = calls[1].add_done_callback(str) or calls[1].remove_done_callback(str)
+        calls[2].add_done_callback(lambda c: 1 / 0)
+        assert not any(seen)
+        results = await asyncio.gather(*calls)
+        await asyncio.sleep(0)
+        late = []
+        calls[3].add_done_callback(late.append)  # a done call: soon, as a future does
+        assert late == []
+        await asyncio.sleep(0)
+        return results, seen, removed, late == [calls[3]], reported
+
+    results, seen, removed, late_ran, reported = aio_run(main)
+    assert results == list(range(50))
+    assert [entry for entry in seen if entry != "second"] == [(i, i, i) for i in range(50)]
+    assert seen[1] == "second" and seen.count("second") == 1
+    assert removed == 1 and late_ran
+    assert len(reported) == 1 and isinstance(reported[0], ZeroDivisionError)
+
+
 def test_the_same_proxy_sync_and_async(aio_manager, aio_run):
     d = aio_manager.dict()
 
