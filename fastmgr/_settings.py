@@ -7,7 +7,8 @@ value breaks it (an empty value counts as unset):
 - a *switch* is ``1``, ``true``, ``yes`` or ``on`` for on, and ``0``,
   ``false``, ``no`` or ``off`` for off (any case);
 - a *count* is a whole number within the range given below;
-- a *duration* is a number of seconds within the range given below.
+- a *duration* is a number of seconds within the range given below;
+- a *choice* is one of the words given below (any case).
 
 =========================  ========  =======  ================================
 variable                   kind      default  meaning
@@ -17,6 +18,9 @@ FASTMGR_SPIN_US            count     50       spin budget (µs) of a wait
                                               before it blocks, 0 to 10000
 FASTMGR_SPIN_YIELD         switch    on       a spinner yields its CPU at
                                               every turn after a calm phase
+FASTMGR_SPIN_POLICY        choice    full     ``full``: the spin policy with
+                                              its rules; ``plain``: adaptive
+                                              spin-then-block alone
 FASTMGR_RING               switch    on       unix-socket connections may
                                               carry bytes in shared memory
 FASTMGR_HANDSHAKE_TIMEOUT  duration  20.0     seconds an unauthenticated peer
@@ -85,6 +89,16 @@ def duration(name, default, low, high):
     return value
 
 
+def choice(name, default, words):
+    """One of words (given in lower case)."""
+    text = _raw(name)
+    if text is None:
+        return default
+    if text.lower() in words:
+        return text.lower()
+    raise ValueError("%s=%r: expected one of %s" % (name, text, ", ".join(words)))
+
+
 #: the pure-Python wire instead of the compiled one (_backend)
 PUREPYTHON = switch("FASTMGR_PUREPYTHON", False)
 
@@ -94,6 +108,15 @@ SPIN_US = count("FASTMGR_SPIN_US", 50, 0, MAX_SPIN_US)
 
 #: whether a spinner yields its CPU at every turn once its calm phase is over
 SPIN_YIELD = switch("FASTMGR_SPIN_YIELD", True)
+
+#: "full": the spin policy with every rule that earned its place
+#: (spin_policy.pxi); "plain": adaptive spin-then-block with the
+#: machine-wide spinner slots, and nothing else
+SPIN_POLICY = choice("FASTMGR_SPIN_POLICY", "full", ("full", "plain"))
+
+#: TEMPORARY, for measuring: the rules of the policy to leave out, by name
+SPIN_RULES_OFF = tuple(w.strip().lower() for w in (_raw("FASTMGR_SPIN_RULES_OFF") or "").split(",")
+                       if w.strip())
 
 #: whether connections over unix sockets may carry their bytes through
 #: shared-memory rings (connection.py)

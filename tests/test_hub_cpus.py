@@ -5,12 +5,14 @@ still serve every kind of call.  Read from /proc; every wait is bounded.
 import contextlib
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 import fastmgr
-from helpers.common import PUREPYTHON, finish
+from helpers.common import PUREPYTHON, child_env, finish
 from helpers.hub_rig import WAIT
 
 pytestmark = pytest.mark.timeout(60)
@@ -156,3 +158,47 @@ def test_everything_on_one_cpu():
         for tid in pinned:
             _set_affinity(tid, mask)
         m.shutdown()
+
+
+PLAIN_PROGRAM = r"""
+import multiprocessing, os, sys, time
+import fastmgr
+
+def put_later(q):
+    time.sleep(0.2)
+    q.put("late")
+
+if sys.argv[1] == "one CPU":
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # every process after inherits it
+m = fastmgr.SyncManager()
+m.start()
+try:
+    d, q, lock = m.dict(), m.Queue(), m.Lock()
+    for i in range(2000):
+        d[i % 10] = i
+        assert d[i % 10] == i
+    blob = os.urandom(1 << 20)
+    d["blob"] = blob
+    assert d["blob"] == blob
+    for _ in range(200):
+        assert lock.acquire(timeout=30)
+        lock.release()
+    child = multiprocessing.get_context("fork").Process(target=put_later, args=(q,))
+    child.start()
+    assert q.get(timeout=30) == "late"
+    child.join(30)
+finally:
+    m.shutdown()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("where", ["any CPU", "one CPU"])
+def test_the_plain_spin_policy_serves_every_kind_of_call(where):
+    """FASTMGR_SPIN_POLICY=plain (adaptive spin-then-block and the spinner
+    slots alone): calls, a 1 MiB argument, a lock, and a blocking get that
+    another process's put ends, on any CPU and with everything on one."""
+    result = subprocess.run([sys.executable, "-c", PLAIN_PROGRAM, where], capture_output=True,
+                            text=True, env=child_env(FASTMGR_SPIN_POLICY="plain"), timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -30,6 +30,12 @@ def test_unset_means_the_default(monkeypatch):
     assert _settings.switch("FASTMGR_TEST_UNSET", True) is True
     assert _settings.count("FASTMGR_TEST_UNSET", 7, 0, 10) == 7
     assert _settings.duration("FASTMGR_TEST_UNSET", 2.5, 0.001, 10) == 2.5
+    assert _settings.choice("FASTMGR_TEST_UNSET", "full", ("full", "plain")) == "full"
+
+
+def test_choice(monkeypatch):
+    monkeypatch.setenv("FASTMGR_TEST_CHOICE", " Plain ")
+    assert _settings.choice("FASTMGR_TEST_CHOICE", "full", ("full", "plain")) == "plain"
 
 
 def test_count_and_duration(monkeypatch):
@@ -51,6 +57,7 @@ def test_count_and_duration(monkeypatch):
     (lambda name: _settings.duration(name, 1.0, 0.001, 10), "nan"),
     (lambda name: _settings.duration(name, 1.0, 0.001, 10), "inf"),
     (lambda name: _settings.duration(name, 1.0, 0.001, 10), "soon"),
+    (lambda name: _settings.choice(name, "full", ("full", "plain")), "fast"),
 ])
 def test_a_bad_value_names_the_variable(monkeypatch, reader, text):
     monkeypatch.setenv("FASTMGR_TEST_BAD", text)
@@ -61,6 +68,7 @@ def test_a_bad_value_names_the_variable(monkeypatch, reader, text):
 @pytest.mark.parametrize("name,text", [
     ("FASTMGR_SPIN_US", "10001"),
     ("FASTMGR_SPIN_YIELD", "maybe"),
+    ("FASTMGR_SPIN_POLICY", "fast"),
     ("FASTMGR_RING", "2"),
     ("FASTMGR_HANDSHAKE_TIMEOUT", "-1"),
     ("FASTMGR_PUREPYTHON", "yes!"),

@@ -328,7 +328,7 @@ cdef bint _ring_spin_for_room(Connection conn, bint detour) noexcept:
         if slot:
             t = _now()
             until = t + _bulk_budget(conn._spin_us) * 1e-6
-            calm = t + (CALM_SPIN_S if slot == SLOT_UNCROWDED else 0.0)
+            calm = t + (CALM_SPIN_S if slot == SLOT_UNCROWDED and (g_rules & RULE_CALM) else 0.0)
             while True:
                 if _tx_free(conn, detour):
                     room = True

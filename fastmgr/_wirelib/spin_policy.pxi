@@ -51,6 +51,45 @@ cdef double SWITCHED_S = 2e-6
 cdef double LOST_TAU_S = 1.0
 cdef double LOST_MAX_S = 0.05
 
+# TEMPORARY, for measuring: each rule of the policy behind a bit
+cdef enum:
+    RULE_CALM = 1
+    RULE_LATE = 2
+    RULE_LOST = 4
+    RULE_MOVES = 8
+    RULE_COUNTS = 16
+    RULE_QUICK = 32
+    RULE_BULK = 64
+    RULE_EXTRA = 128
+    RULE_ALL = 255
+
+_RULE_NAMES = {"calm": RULE_CALM, "late": RULE_LATE, "lost": RULE_LOST, "moves": RULE_MOVES,
+               "counts": RULE_COUNTS, "quick": RULE_QUICK, "bulk": RULE_BULK,
+               "extra": RULE_EXTRA}
+
+
+def _rules_on(policy, off):
+    rules = RULE_ALL if policy == "full" else 0
+    for name in off:
+        rules &= ~_RULE_NAMES[name]
+    return rules
+
+
+cdef unsigned int g_rules = _rules_on(SPIN_POLICY, SPIN_RULES_OFF)
+
+
+def _set_spin_rules(policy, off=()):
+    """TEMPORARY, for measuring: the policy and rules left out in this
+    process from now on (and in processes it forks)."""
+    global g_rules
+    g_rules = _rules_on(policy, off)
+
+
+def _spin_rules():
+    """TEMPORARY: the names of the rules in force."""
+    return sorted(name for name, bit in _RULE_NAMES.items() if g_rules & bit)
+
+
 cdef int g_spins = 0   # spins since _refresh_max_spinners() last ran
 cdef bint g_spin_yield = SPIN_YIELD
 cdef int g_spin_us = SPIN_US
@@ -135,6 +174,8 @@ cdef inline bint _long_yield(SpinState* st, double before, double after, uint64_
     else's busy process: it was long, and our own spinners caught fewer
     than OURS_RATE messages a second (ours in all) on our CPU meanwhile.
     If so, count it."""
+    if not (g_rules & RULE_LOST):
+        return False
     if after - before < LONG_YIELD_S or ours >= (after - before) * OURS_RATE:
         return False
     st.lost_s = st.lost_s * exp((st.lost_at - after) / LOST_TAU_S) + (after - before)
@@ -147,23 +188,30 @@ cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept n
     meanwhile (the yield took SWITCHED_S or more); whether it lost us the
     CPU (_long_yield)."""
     cdef double after
-    cdef uint64_t* count = fm_cpu_count(sched_getcpu())
-    cdef uint64_t seen = fm_count_read(count)
+    cdef uint64_t* count = NULL
+    cdef uint64_t seen = 0
+    if (g_rules & RULE_COUNTS) and (g_rules & RULE_LOST):
+        count = fm_cpu_count(sched_getcpu())
+        seen = fm_count_read(count)
     sched_yield()
     after = _now()
     if after - before >= SWITCHED_S:
         switched[0] = True
-    return _long_yield(st, before, after, fm_count_read(count) - seen)
+    return _long_yield(st, before, after, fm_count_read(count) - seen if count != NULL else 0)
 
 
 cdef inline int _bulk_budget(int budget) noexcept nogil:
     """The spin budget of a large message's turn through a ring."""
+    if not (g_rules & RULE_BULK):
+        return budget
     return min(BULK_SPINS * budget, MAX_SPIN_US)
 
 
 cdef inline bint _cpus_free(SpinState* st) noexcept nogil:
     """Whether long yields have lost less than LOST_MAX_S lately: if not, a
     busy process shares our CPUs and spinning stays off."""
+    if not (g_rules & RULE_LOST):
+        return True
     return st.lost_s * exp((st.lost_at - _now()) / LOST_TAU_S) <= LOST_MAX_S
 
 
@@ -171,6 +219,8 @@ cdef inline int _half_frame_budget(SpinState* st, int budget) noexcept nogil:
     """The spin budget of a wait for the rest of a frame that is half in:
     its writer is busy writing it, so at least _bulk_budget(budget),
     however low the adapted budget fell, unless the CPUs are busy."""
+    if not (g_rules & RULE_BULK):
+        return st.budget_us
     if st.budget_us < _bulk_budget(budget) and _cpus_free(st):
         return _bulk_budget(budget)
     return st.budget_us
@@ -180,6 +230,8 @@ cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double wo
     """A blocking wait from asleep to woke, with spinning off: if it ended
     within the budget, spinning would have caught the message, so spin
     again from the next wait (unless long yields said the CPUs are busy)."""
+    if not (g_rules & RULE_QUICK):
+        return
     if (st.budget_us == 0 and budget > 0 and woke - asleep < budget * 1e-6
             and _cpus_free(st)):
         st.budget_us = budget
@@ -216,7 +268,7 @@ cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) no
     """Begin a spin at t: a server thread that may move (moves) first looks
     whether to (_move_apart).  Returns when the spin starts yielding at
     every turn."""
-    if moves:
+    if moves and (g_rules & RULE_MOVES):
         _move_apart(st, slot)
     return _calm_until(st, t)
 
@@ -229,13 +281,17 @@ cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
     call (8 clients on 2 CPUs: about 650k calls/s calm, 450k yielding at
     once)."""
     st.spins += 1
-    st.calm = st.late_share < CALM_LATE_MAX or st.spins % CALM_PROBE == 0
+    st.calm = (st.late_share < CALM_LATE_MAX or st.spins % CALM_PROBE == 0
+               or not (g_rules & RULE_LATE))
+    if not (g_rules & RULE_CALM):
+        return t
     return t + CALM_SPIN_S if st.calm else t
 
 
 cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
     """A spin caught its message; yielded: only after a yield that ran the
     peer on our CPU (see CALM_LATE_MAX)."""
-    fm_count_catch()
+    if g_rules & RULE_COUNTS:
+        fm_count_catch()
     if st.calm:
         st.late_share += ((1.0 if yielded else 0.0) - st.late_share) / 16.0
