@@ -80,6 +80,18 @@ def test_import_refuses_a_bad_value(name, text):
     assert "ValueError" in result.stderr and name in result.stderr
 
 
+@pytest.mark.parametrize("text,policy", [(None, "full"), ("plain", "plain"), (" Full ", "full")])
+def test_spin_policy(text, policy):
+    """FASTMGR_SPIN_POLICY picks the whole spin policy: full (the default)
+    or plain."""
+    env = child_env(FASTMGR_SPIN_POLICY=text or "")  # empty: unset
+    result = subprocess.run([sys.executable, "-c", "from fastmgr import _settings; "
+                             "print(_settings.SPIN_POLICY)"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == policy
+
+
 def test_only_settings_reads_the_environment():
     """Every FASTMGR_* variable is read in _settings.py and nowhere else in
     the package (the build's own switches live in setup.py)."""
