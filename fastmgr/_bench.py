@@ -354,8 +354,12 @@ def pinned_to_one_cpu(pids):
     try:
         for pid in [os.getpid(), *pids]:
             for tid in _threads(pid):
-                saved[tid] = os.sched_getaffinity(tid)
-                os.sched_setaffinity(tid, {cpu})
+                try:
+                    mask = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {cpu})
+                except ProcessLookupError:  # listed, then gone before we got to it
+                    continue
+                saved[tid] = mask
         yield cpu
     finally:
         for tid, mask in saved.items():

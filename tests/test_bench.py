@@ -2,6 +2,7 @@
 that 8 clients compare with 2 in the same stretch of time; rows that need
 numpy skip without it; the machine is described (no timing asserted)."""
 import io
+import os
 import sys
 
 import pytest
@@ -100,3 +101,13 @@ def test_ndarray_rows_skip_without_numpy(monkeypatch):
     assert [row["op"] for row in rows] == ["1 MiB ndarray, custom method put+get"]
     assert "numpy" in rows[0]["skipped"]
     assert "skipped: " in _bench.format_table(rows)
+
+
+def test_pinning_skips_a_thread_that_ended_meanwhile(monkeypatch):
+    # a thread listed in /proc/PID/task may end before its mask is read
+    gone = 2 ** 22 + 12345   # above any pid the kernel hands out
+    monkeypatch.setattr(_bench, "_threads", lambda pid: [gone, os.getpid()])
+    before = os.sched_getaffinity(0)
+    with _bench.pinned_to_one_cpu([]) as cpu:
+        assert os.sched_getaffinity(0) == {cpu}
+    assert os.sched_getaffinity(0) == before
