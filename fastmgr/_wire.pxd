@@ -80,9 +80,8 @@ cdef enum:
     SPIN_PAID = 1
     SPIN_MISSED = 2
     # fm_slot_enter(): a slot taken while fewer others spin than there are
-    # CPUs (a CPU may be free to move to, see _move_apart; a writer
-    # waiting for room begins calm, see _ring_spin_for_room), or one taken
-    # while as many or more spin
+    # CPUs (a writer waiting for room begins calm, see
+    # _ring_spin_for_room), or one taken while as many or more spin
     SLOT_UNCROWDED = 1
     SLOT_CROWDED = 2
     # slots per CPU: a yielding spinner's turn costs about 1 µs, so this
@@ -142,8 +141,6 @@ cdef struct SpinState:
     bint calm                   # the spin in progress began with a calm phase
     double late_share           # share of recent calm spins that caught only after a
                                 # yield ran another thread
-    unsigned int move_at        # spins before the next move to another CPU (_move_apart)
-    unsigned int move_gap       # spins between two moves
 
 
 @cython.final
@@ -242,7 +239,6 @@ cdef class Connection:
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef int _spin_us               # spin budget before blocking, µs
     cdef SpinState spin             # how the budget in force adapts
-    cdef bint moves                 # a server thread of its own: may move off its client's CPU
     cdef int spin_extra             # µs added to the next spin: the peer takes in a large message
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods

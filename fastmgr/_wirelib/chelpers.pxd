@@ -29,7 +29,6 @@ cdef extern from "fm_spin.h" nogil:
     int fm_slot_max                 # how many of them a spinner scans
     int fm_slot_enter()             # 0: no slot; else SLOT_UNCROWDED or SLOT_CROWDED
     void fm_slot_leave()
-    int fm_move_off_cpu()
 
 cdef extern from "fm_hashcount.h" nogil:
     ctypedef struct fm_hash_slot:      # keys counted per hash value (codec.pxi)

@@ -1,11 +1,10 @@
 /* What the spin policy (spin_policy.pxi) needs from C: spinner slots
-   shared by every process of a user, and a way to move a thread off its
-   CPU.  Declared in chelpers.pxd. */
+   shared by every process of a user.  Declared in chelpers.pxd. */
 #ifndef FM_SPIN_H
 #define FM_SPIN_H
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE  /* cpu_set_t, sched_getcpu */
+#define _GNU_SOURCE
 #endif
 #include <sched.h>
 #include <stdint.h>
@@ -71,22 +70,6 @@ static inline void fm_slot_leave(void) {
     if (fm_slots == NULL) { fm_spin_leave(); return; }
     __atomic_compare_exchange_n(&fm_slots[fm_slot], &v, 0, 0,
                                 __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-}
-
-/* Move the calling thread off the CPU it runs on, to another it may use,
-   without changing the CPUs it may use: narrow its affinity (the kernel
-   migrates it at once), then put the old mask back.  Returns whether it
-   moved. */
-static int fm_move_off_cpu(void) {
-    cpu_set_t mask, others;
-    int me = sched_getcpu();
-    if (me < 0 || sched_getaffinity(0, sizeof mask, &mask) != 0) return 0;
-    if (CPU_COUNT(&mask) < 2 || !CPU_ISSET(me, &mask)) return 0;
-    others = mask;
-    CPU_CLR(me, &others);
-    if (sched_setaffinity(0, sizeof others, &others) != 0) return 0;
-    sched_setaffinity(0, sizeof mask, &mask);
-    return 1;
 }
 
 #endif

@@ -79,7 +79,7 @@ cdef int _hub_spin(Hub hub, epoll_event* events, int budget, int lfd, unsigned c
         outcome = SPIN_MISSED
         t = _now()
         until = t + budget * 1e-6
-        calm = _spin_start(&hub.spin, slot, True, t)
+        calm = _calm_until(&hub.spin, t)
         while True:
             if lfd >= 0:
                 got[0] = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)

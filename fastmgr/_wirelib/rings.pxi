@@ -182,7 +182,7 @@ cdef int _ring_spin_for_bytes(Connection conn, int budget) noexcept nogil:
         outcome = SPIN_MISSED
         t = _now()
         until = t + (budget + conn.spin_extra) * 1e-6
-        calm = _spin_start(&conn.spin, slot, conn.moves, t)
+        calm = _calm_until(&conn.spin, t)
         while True:
             if g_spin_yield and t >= calm:
                 _yield(t, &yielded)

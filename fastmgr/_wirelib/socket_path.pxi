@@ -32,7 +32,7 @@ cdef short _wait_socket(Connection conn, short events, double deadline) except -
             return -1
 
 
-cdef ssize_t _sock_spin_recv(Connection conn, unsigned char* dst, Py_ssize_t space, int slot,
+cdef ssize_t _sock_spin_recv(Connection conn, unsigned char* dst, Py_ssize_t space,
                              int* outcome) noexcept nogil:
     """Poll with non-blocking recv for up to spin.budget_us µs (the caller
     has just found nothing).  Returns what recv returned last, or -1
@@ -40,7 +40,7 @@ cdef ssize_t _sock_spin_recv(Connection conn, unsigned char* dst, Py_ssize_t spa
     cdef ssize_t got
     cdef double t = _now()
     cdef double until = t + (conn.spin.budget_us + conn.spin_extra) * 1e-6
-    cdef double calm = _spin_start(&conn.spin, slot, conn.moves, t)
+    cdef double calm = _calm_until(&conn.spin, t)
     cdef bint yielded = False
     while True:
         if g_spin_yield and t >= calm:
@@ -84,7 +84,7 @@ cdef int _sock_fill(Connection conn, Py_ssize_t need, double deadline) except -1
                 slot = fm_slot_enter()
                 if slot:
                     outcome = SPIN_PAID
-                    got = _sock_spin_recv(conn, conn.rbuf + conn.rend, space, slot, &outcome)
+                    got = _sock_spin_recv(conn, conn.rbuf + conn.rend, space, &outcome)
                     err = errno
                     fm_slot_leave()
                 conn.spin_extra = 0

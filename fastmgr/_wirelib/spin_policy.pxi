@@ -22,20 +22,13 @@ cdef double CALM_SPIN_S = 4e-6
 # yield at once, but for one in CALM_PROBE, which looks again.
 cdef double CALM_LATE_MAX = 0.75
 cdef unsigned int CALM_PROBE = 64
-# The server's loop moves to another CPU when its catches come late
-# (_move_apart), at most once in MOVE_GAP_MIN spins, doubling the gap after
-# each move up to MOVE_GAP_MAX until catches come early (late_share below
-# MOVE_SETTLED) again.
-cdef double MOVE_SETTLED = 0.5
-cdef unsigned int MOVE_GAP_MIN = 64
-cdef unsigned int MOVE_GAP_MAX = 65536
 # a yield that takes this long ran another thread: one that does not, a
 # system call, takes well under it
 cdef double SWITCHED_S = 2e-6
 
 # FASTMGR_SPIN_POLICY=plain: adaptive spin-then-block within the spinner
-# slots, and none of the rules above or below (no calm phase, no moves, no
-# longer spins for large messages)
+# slots, and none of the rules above or below (no calm phase, no longer
+# spins for large messages)
 cdef bint g_full_policy = SPIN_POLICY == "full"
 
 
@@ -136,41 +129,6 @@ cdef inline int _half_frame_budget(SpinState* st, int budget) noexcept nogil:
     if g_full_policy and st.budget_us < _bulk_budget(budget):
         return _bulk_budget(budget)
     return st.budget_us
-
-
-cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
-    """The server's loop (or a server thread that serves one connection),
-    when its peers run only while it yields (most catches late, see
-    CALM_LATE_MAX), shares its CPU with one of them, often by chance: the
-    kernel wakes a thread beside its waker, and two threads that yield to
-    each other are never moved apart.  Then it moves to another CPU, if it
-    may use one.  Where that does not help (the kernel puts it back, or
-    another client waits there), the moves come ever more rarely."""
-    if st.move_gap < MOVE_GAP_MIN:
-        st.move_gap = MOVE_GAP_MIN
-    if slot != SLOT_UNCROWDED:
-        return
-    if st.late_share < CALM_LATE_MAX:
-        if st.late_share < MOVE_SETTLED:
-            st.move_gap = MOVE_GAP_MIN
-        return
-    if <int>(st.spins - st.move_at) < 0:
-        return
-    if fm_move_off_cpu():
-        # look again: the calm phase comes back until catches say otherwise
-        st.late_share = MOVE_SETTLED
-    st.move_at = st.spins + st.move_gap
-    if st.move_gap < MOVE_GAP_MAX:
-        st.move_gap *= 2
-
-
-cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) noexcept nogil:
-    """Begin a spin at t: a server thread that may move (moves) first looks
-    whether to (_move_apart).  Returns when the spin starts yielding at
-    every turn."""
-    if moves and g_full_policy:
-        _move_apart(st, slot)
-    return _calm_until(st, t)
 
 
 cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
