@@ -74,14 +74,16 @@ cdef enum:
     RING_FIRST_PUT = 32768
 
     # -- the spin policy (spin_policy.pxi) --
-    # what a spin came to (_adapt_spin): none, caught the message, or ran
-    # out of budget
+    # what a spin came to (_adapt_spin): none, caught the message, ran out
+    # of budget, or was cut short by a long yield
     SPIN_OFF = 0
     SPIN_PAID = 1
     SPIN_MISSED = 2
+    SPIN_LONG_YIELD = 3
     # fm_slot_enter(): a slot taken while fewer others spin than there are
-    # CPUs (a writer waiting for room begins calm, see
-    # _ring_spin_for_room), or one taken while as many or more spin
+    # CPUs (a CPU may be free to move to, see _move_apart; a writer
+    # waiting for room begins calm, see _ring_spin_for_room), or one taken
+    # while as many or more spin
     SLOT_UNCROWDED = 1
     SLOT_CROWDED = 2
     # slots per CPU: a yielding spinner's turn costs about 1 µs, so this
@@ -137,10 +139,14 @@ cdef struct SpinState:
     int budget_us               # the budget in force, µs (at most the owner's spin_us)
     int blocking_waits          # blocking waits since the budget reached zero
     int waits_before_retry      # blocking waits before spinning is tried again
+    double lost_s               # seconds lost in long yields, decayed to lost_at
+    double lost_at              # when lost_s was last brought up to date
     unsigned int spins          # spins so far
     bint calm                   # the spin in progress began with a calm phase
     double late_share           # share of recent calm spins that caught only after a
                                 # yield ran another thread
+    unsigned int move_at        # spins before the next move to another CPU (_move_apart)
+    unsigned int move_gap       # spins between two moves
 
 
 @cython.final
@@ -239,6 +245,7 @@ cdef class Connection:
     cdef double _timeout            # seconds; NO_TIMEOUT waits forever
     cdef int _spin_us               # spin budget before blocking, µs
     cdef SpinState spin             # how the budget in force adapts
+    cdef bint moves                 # a server thread of its own: may move off its client's CPU
     cdef int spin_extra             # µs added to the next spin: the peer takes in a large message
     cdef WriteBuffer wbuf           # outgoing frames, sent by _send_buffer()
     cdef bint pyio                  # a TLS socket: read and write through its methods

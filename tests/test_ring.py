@@ -126,6 +126,36 @@ def test_large_messages_reach_a_sleeping_reader_whole(wire, ring_pair):
     worker.outcome()
 
 
+def spin_catches(wire):
+    """The catches of every spinner of this user, summed over CPUs: the
+    System V segment of wire.spin_segment() holds a 64-byte header, 64
+    spinner slots of 8 bytes, then a counter per CPU a cache line apart
+    (fastmgr/_wirelib/fm_spin.h)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    key, size = wire.spin_segment(os.geteuid())
+    address = libc.shmat(libc.shmget(key, 0, 0), None, 0o10000)  # SHM_RDONLY
+    assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    try:
+        data = ctypes.string_at(address, size)
+    finally:
+        libc.shmdt(ctypes.c_void_p(address))
+    return sum(struct.unpack_from("<Q", data, 64 + 512 + 64 * cpu)[0] for cpu in range(64))
+
+
+def echo_late(conn, n):
+    """Echo n messages, each about 50 us after it came: the other side is
+    spinning by then."""
+    for _ in range(n):
+        message = conn.recv_bytes()
+        until = time.perf_counter() + 50e-6
+        while time.perf_counter() < until:
+            pass
+        conn.send_bytes(message)
+
+
 def test_the_writer_says_in_the_ring_which_cpu_it_wrote_from(wire, ring_pair, memfd):
     """Every message put in a ring leaves the writer's CPU beside the
     tail: a reader whose message came only after it yielded learns from it
@@ -142,6 +172,23 @@ def test_the_writer_says_in_the_ring_which_cpu_it_wrote_from(wire, ring_pair, me
                 assert struct.unpack_from("<i", shared, WRITER_CPU)[0] == cpu
     finally:
         os.sched_setaffinity(0, mask)
+
+
+def test_spin_catches_are_counted_in_the_shared_mapping(wire, ring_pair):
+    """A spinner that catches its message counts it on its CPU, where every
+    process sees it: a long yield after which the count grew little lost
+    the CPU to somebody else's busy process, not to our own clients."""
+    if wire.spin_sharing() != "machine":
+        pytest.skip("no shared spinner segment here: counts stay per process")
+    client, server = ring_pair
+    client.spin_us = server.spin_us = 2000
+    before = spin_catches(wire)
+    worker = Worker(echo_late, server, 20)
+    for i in range(20):
+        client.send_bytes(b"%d" % i)
+        assert client.recv_bytes() == b"%d" % i
+    worker.outcome()
+    assert spin_catches(wire) > before
 
 
 @pytest.mark.parametrize("spin", [None, 0], ids=["spinning", "asleep"])

@@ -29,6 +29,12 @@ cdef extern from "fm_spin.h" nogil:
     int fm_slot_max                 # how many of them a spinner scans
     int fm_slot_enter()             # 0: no slot; else SLOT_UNCROWDED or SLOT_CROWDED
     void fm_slot_leave()
+    int fm_move_off_cpu()
+    enum: FM_CPUS
+    uint64_t* fm_counts             # messages caught per CPU
+    uint64_t* fm_cpu_count(int cpu)
+    uint64_t fm_count_read(uint64_t* count)
+    void fm_count_catch()
 
 cdef extern from "fm_hashcount.h" nogil:
     ctypedef struct fm_hash_slot:      # keys counted per hash value (codec.pxi)

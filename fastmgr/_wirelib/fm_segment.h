@@ -1,4 +1,4 @@
-/* The machine-wide spinner slots (fm_spin.h) live in a
+/* The machine-wide spinner slots and catch counters (fm_spin.h) live in a
    System V shared memory segment of the user's own, found by a key made
    from the uid (spin_segment.pxi maps it).  Declared in chelpers.pxd.
 
@@ -28,11 +28,11 @@
 
 #define FM_SEGMENT_NONE 1
 #define FM_SEGMENT_FOREIGN 2
-#define FM_SEGMENT_MAGIC 0x324e495053474d46ULL   /* "FMGSPIN2": this layout */
+#define FM_SEGMENT_MAGIC 0x314e495053474d46ULL   /* "FMGSPIN1": this layout */
 
 /* The key of uid's segment; a new layout must change it (and the magic). */
 static inline int fm_segment_key(uint32_t uid) {
-    uint32_t k = (0x2f4d5333u ^ (uid * 2654435761u)) & 0x7fffffffu;
+    uint32_t k = (0x2f4d5332u ^ (uid * 2654435761u)) & 0x7fffffffu;
     return k ? (int)k : 1;   /* 0 is IPC_PRIVATE */
 }
 

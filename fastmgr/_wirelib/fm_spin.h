@@ -1,10 +1,12 @@
 /* What the spin policy (spin_policy.pxi) needs from C: spinner slots
-   shared by every process of a user.  Declared in chelpers.pxd. */
+   shared by every process of a user, a per-CPU count of the messages
+   spinners caught, and a way to move a thread off its CPU.  Declared in
+   chelpers.pxd. */
 #ifndef FM_SPIN_H
 #define FM_SPIN_H
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE
+#define _GNU_SOURCE  /* cpu_set_t, sched_getcpu */
 #endif
 #include <sched.h>
 #include <stdint.h>
@@ -70,6 +72,44 @@ static inline void fm_slot_leave(void) {
     if (fm_slots == NULL) { fm_spin_leave(); return; }
     __atomic_compare_exchange_n(&fm_slots[fm_slot], &v, 0, 0,
                                 __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+}
+
+/* Move the calling thread off the CPU it runs on, to another it may use,
+   without changing the CPUs it may use: narrow its affinity (the kernel
+   migrates it at once), then put the old mask back.  Returns whether it
+   moved. */
+static int fm_move_off_cpu(void) {
+    cpu_set_t mask, others;
+    int me = sched_getcpu();
+    if (me < 0 || sched_getaffinity(0, sizeof mask, &mask) != 0) return 0;
+    if (CPU_COUNT(&mask) < 2 || !CPU_ISSET(me, &mask)) return 0;
+    others = mask;
+    CPU_CLR(me, &others);
+    if (sched_setaffinity(0, sizeof others, &others) != 0) return 0;
+    sched_setaffinity(0, sizeof mask, &mask);
+    return 1;
+}
+
+/* After the slots, a counter per CPU (by CPU number modulo FM_CPUS, a
+   cache line apart) of the messages our spinners caught there: a yield
+   that kept the CPU from us for long gave it to our own peers if that
+   count grew meanwhile, and to a busy process of somebody else's if it
+   did not.  Without the mapping, the counters are the process's own.
+   Only differences of a counter are used, so any value is harmless. */
+#define FM_CPUS 64
+static uint64_t fm_own_counts[FM_CPUS * 8];
+static uint64_t *fm_counts = fm_own_counts;
+
+static inline uint64_t *fm_cpu_count(int cpu) {
+    return &fm_counts[(cpu < 0 ? 0 : cpu % FM_CPUS) * 8];
+}
+
+static inline uint64_t fm_count_read(uint64_t *count) {
+    return __atomic_load_n(count, __ATOMIC_RELAXED);
+}
+
+static inline void fm_count_catch(void) {
+    __atomic_add_fetch(fm_cpu_count(sched_getcpu()), 1, __ATOMIC_RELAXED);
 }
 
 #endif

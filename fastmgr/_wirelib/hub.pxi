@@ -141,6 +141,7 @@ cdef class Hub:
         exc = None
         try:
             if not s.ended and not s.conn.closed:
+                s.conn.moves = True
                 if s.conn.wbuf.length:
                     _send_buffer(s.conn)
                 serve_connection(s.conn, self.table, s.control, self.fallback, s.make_proxy)

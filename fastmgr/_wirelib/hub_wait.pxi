@@ -79,7 +79,7 @@ cdef int _hub_spin(Hub hub, epoll_event* events, int budget, int lfd, unsigned c
         outcome = SPIN_MISSED
         t = _now()
         until = t + budget * 1e-6
-        calm = _calm_until(&hub.spin, t)
+        calm = _spin_start(&hub.spin, slot, True, t)
         while True:
             if lfd >= 0:
                 got[0] = c_recv(lfd, lbuf, lspace, MSG_DONTWAIT)
@@ -101,7 +101,9 @@ cdef int _hub_spin(Hub hub, epoll_event* events, int budget, int lfd, unsigned c
             if n[0] != 0 or t >= until:
                 break
             if g_spin_yield and t >= calm:
-                _yield(t, &yielded)
+                if _yield(&hub.spin, t, &yielded):
+                    outcome = SPIN_LONG_YIELD
+                    break
         fm_slot_leave()
     return outcome
 
@@ -111,13 +113,16 @@ cdef int _hub_sleep(Hub hub, epoll_event* events) noexcept nogil:
     epoll_wait returned).  Clients ring while we sleep; a message that came
     before they could see that is seen by a last look at the rings."""
     cdef int n
+    cdef double t
     cdef uint64_t one = 1
     _hub_rings_waiting(hub, 1)
     hub.sleeps += 1
     n = _hub_rings_ready(hub, events, 0)
     if n == 0:
         fm_store(&hub.blocked, 1)
+        t = _now()
         n = epoll_wait(hub.epfd, events, MAX_EVENTS, -1)
+        _quick_wake(&hub.spin, hub.spin_us, t, _now())
         fm_store(&hub.blocked, 0)
         if fm_load(&hub.parked):
             c_write(hub.parkfd, &one, 8)

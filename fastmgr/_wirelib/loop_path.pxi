@@ -227,7 +227,7 @@ cdef bint _loop_spin(Connection conn) except -1:
             slot = fm_slot_enter()
             if slot:
                 outcome = SPIN_PAID
-                got = _sock_spin_recv(conn, conn.rbuf + conn.rend, conn.rcap - conn.rend,
+                got = _sock_spin_recv(conn, conn.rbuf + conn.rend, conn.rcap - conn.rend, slot,
                                       &outcome)
                 err = errno
                 fm_slot_leave()

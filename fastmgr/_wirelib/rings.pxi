@@ -141,6 +141,7 @@ cdef int _ring_fill(Connection conn, Py_ssize_t need, double deadline) except -1
     """_fill() through rx: copy, spin on the ring, then sleep until the
     peer rings.  Precondition: rbuf can hold need bytes."""
     cdef int outcome, budget
+    cdef double t
     while conn.rend - conn.rstart < need:
         if _detour_here(conn):
             # the stream goes on through the socket: read it as a
@@ -166,7 +167,9 @@ cdef int _ring_fill(Connection conn, Py_ssize_t need, double deadline) except -1
         if fm_rx_ready(conn.rx, conn.rx_head):
             fm_flag_set(&conn.rx.reader_waiting, 0)
             continue
+        t = _now()
         _ring_sleep(conn, &conn.rx.reader_waiting, False, deadline)
+        _quick_wake(&conn.spin, conn._spin_us, t, _now())
     return 0
 
 
@@ -182,10 +185,12 @@ cdef int _ring_spin_for_bytes(Connection conn, int budget) noexcept nogil:
         outcome = SPIN_MISSED
         t = _now()
         until = t + (budget + conn.spin_extra) * 1e-6
-        calm = _calm_until(&conn.spin, t)
+        calm = _spin_start(&conn.spin, slot, conn.moves, t)
         while True:
             if g_spin_yield and t >= calm:
-                _yield(t, &yielded)
+                if _yield(&conn.spin, t, &yielded):
+                    outcome = SPIN_LONG_YIELD
+                    break
             if fm_rx_ready(conn.rx, conn.rx_head):
                 _caught(&conn.spin, yielded and fm_ring_from_here(conn.rx))
                 outcome = SPIN_PAID
@@ -315,7 +320,7 @@ cdef bint _ring_spin_for_room(Connection conn, bint detour) noexcept:
     a message that fills the ring crosses it in many such turns."""
     cdef int slot
     cdef double t, until, calm
-    cdef bint room = False, switched = False
+    cdef bint room = False, switched = False, long_yield = False
     if conn.spin.budget_us == 0:
         return False
     with nogil:
@@ -323,7 +328,7 @@ cdef bint _ring_spin_for_room(Connection conn, bint detour) noexcept:
         if slot:
             t = _now()
             until = t + _bulk_budget(conn._spin_us) * 1e-6
-            calm = t + (CALM_SPIN_S if slot == SLOT_UNCROWDED and g_full_policy else 0.0)
+            calm = t + (CALM_SPIN_S if slot == SLOT_UNCROWDED and (g_rules & RULE_CALM) else 0.0)
             while True:
                 if _tx_free(conn, detour):
                     room = True
@@ -331,9 +336,15 @@ cdef bint _ring_spin_for_room(Connection conn, bint detour) noexcept:
                 if t >= until:
                     break
                 if g_spin_yield and t >= calm:
-                    _yield(t, &switched)
+                    if _yield(&conn.spin, t, &switched):
+                        long_yield = True
+                        break
                 t = _now()
             fm_slot_leave()
+    if long_yield:
+        # counted as the other spins count it: where yields keep losing
+        # the CPU (a busy process beside us), spinning stops
+        _adapt_spin(&conn.spin, conn._spin_us, SPIN_LONG_YIELD)
     return room
 
 

@@ -32,21 +32,25 @@ cdef short _wait_socket(Connection conn, short events, double deadline) except -
             return -1
 
 
-cdef ssize_t _sock_spin_recv(Connection conn, unsigned char* dst, Py_ssize_t space,
+cdef ssize_t _sock_spin_recv(Connection conn, unsigned char* dst, Py_ssize_t space, int slot,
                              int* outcome) noexcept nogil:
     """Poll with non-blocking recv for up to spin.budget_us µs (the caller
     has just found nothing).  Returns what recv returned last, or -1
-    with EAGAIN when the budget ran out (outcome SPIN_MISSED)."""
+    with EAGAIN when the budget ran out (outcome SPIN_MISSED) or a
+    yield kept the CPU from us too long (SPIN_LONG_YIELD)."""
     cdef ssize_t got
     cdef double t = _now()
     cdef double until = t + (conn.spin.budget_us + conn.spin_extra) * 1e-6
-    cdef double calm = _calm_until(&conn.spin, t)
+    cdef double calm = _spin_start(&conn.spin, slot, conn.moves, t)
     cdef bint yielded = False
     while True:
         if g_spin_yield and t >= calm:
             # a peer (or anyone) waiting for this CPU gets it: spinning
             # must never starve the thread we are waiting for
-            _yield(t, &yielded)
+            if _yield(&conn.spin, t, &yielded):
+                outcome[0] = SPIN_LONG_YIELD
+                fm_set_errno(EAGAIN)
+                return -1
         got = c_recv(conn.fd, dst, space, MSG_DONTWAIT)
         if got >= 0 or not fm_again(errno):
             _caught(&conn.spin, yielded)
@@ -84,7 +88,7 @@ cdef int _sock_fill(Connection conn, Py_ssize_t need, double deadline) except -1
                 slot = fm_slot_enter()
                 if slot:
                     outcome = SPIN_PAID
-                    got = _sock_spin_recv(conn, conn.rbuf + conn.rend, space, &outcome)
+                    got = _sock_spin_recv(conn, conn.rbuf + conn.rend, space, slot, &outcome)
                     err = errno
                     fm_slot_leave()
                 conn.spin_extra = 0

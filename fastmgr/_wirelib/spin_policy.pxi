@@ -22,14 +22,72 @@ cdef double CALM_SPIN_S = 4e-6
 # yield at once, but for one in CALM_PROBE, which looks again.
 cdef double CALM_LATE_MAX = 0.75
 cdef unsigned int CALM_PROBE = 64
+# The server's loop moves to another CPU when its catches come late
+# (_move_apart), at most once in MOVE_GAP_MIN spins, doubling the gap after
+# each move up to MOVE_GAP_MAX until catches come early (late_share below
+# MOVE_SETTLED) again.
+cdef double MOVE_SETTLED = 0.5
+cdef unsigned int MOVE_GAP_MIN = 64
+cdef unsigned int MOVE_GAP_MAX = 65536
+# A yield that kept the CPU from us this long means a busy thread took it
+# for a whole time slice.  When that thread was one of ours (a client
+# making call after call while the others wait their turn, as 8 clients on
+# 2 CPUs do), the CPU did our work: the spin goes on.  When it was
+# somebody else's (too few catches on the CPU meanwhile, see OURS_RATE),
+# the spin stops there.  That happens now and then anyway, but where a busy
+# process shares our CPUs it happens often, and a spinner (which the
+# scheduler does not hurry back, as it does a woken sleeper) loses more
+# time than blocking would: when the time lost in long yields, decaying
+# with LOST_TAU_S, passes LOST_MAX_S, spinning stops for PROBE_MAX blocking
+# waits.
+cdef double LONG_YIELD_S = 1e-3
+# catches a second on a CPU that say our own spinners had it; one of ours
+# making calls back to back catches a reply every few µs, a busy process
+# of somebody else's lets through a few in a time slice
+cdef double OURS_RATE = 1e4
 # a yield that takes this long ran another thread: one that does not, a
 # system call, takes well under it
 cdef double SWITCHED_S = 2e-6
+cdef double LOST_TAU_S = 1.0
+cdef double LOST_MAX_S = 0.05
 
-# FASTMGR_SPIN_POLICY=plain: adaptive spin-then-block within the spinner
-# slots, and none of the rules above or below (no calm phase, no longer
-# spins for large messages)
-cdef bint g_full_policy = SPIN_POLICY == "full"
+# TEMPORARY, for measuring: each rule of the policy behind a bit
+cdef enum:
+    RULE_CALM = 1
+    RULE_LATE = 2
+    RULE_LOST = 4
+    RULE_MOVES = 8
+    RULE_COUNTS = 16
+    RULE_QUICK = 32
+    RULE_BULK = 64
+    RULE_EXTRA = 128
+    RULE_ALL = 255
+
+_RULE_NAMES = {"calm": RULE_CALM, "late": RULE_LATE, "lost": RULE_LOST, "moves": RULE_MOVES,
+               "counts": RULE_COUNTS, "quick": RULE_QUICK, "bulk": RULE_BULK,
+               "extra": RULE_EXTRA}
+
+
+def _rules_on(policy, off):
+    rules = RULE_ALL if policy == "full" else 0
+    for name in off:
+        rules &= ~_RULE_NAMES[name]
+    return rules
+
+
+cdef unsigned int g_rules = _rules_on(SPIN_POLICY, SPIN_RULES_OFF)
+
+
+def _set_spin_rules(policy, off=()):
+    """TEMPORARY, for measuring: the policy and rules left out in this
+    process from now on (and in processes it forks)."""
+    global g_rules
+    g_rules = _rules_on(policy, off)
+
+
+def _spin_rules():
+    """TEMPORARY: the names of the rules in force."""
+    return sorted(name for name, bit in _RULE_NAMES.items() if g_rules & bit)
 
 
 cdef int g_spins = 0   # spins since _refresh_max_spinners() last ran
@@ -94,6 +152,10 @@ cdef void _adapt_spin(SpinState* st, int budget, int outcome) noexcept:
         st.blocking_waits = 0
         st.waits_before_retry = PROBE_MIN
         st.budget_us = min(budget, st.budget_us * 2)
+    elif outcome == SPIN_LONG_YIELD and st.lost_s > LOST_MAX_S:
+        st.budget_us = 0
+        st.blocking_waits = 0
+        st.waits_before_retry = PROBE_MAX
     elif outcome != SPIN_OFF:
         st.budget_us //= 2
         if st.budget_us == 0 and st.waits_before_retry < PROBE_MAX:
@@ -107,28 +169,108 @@ cdef void _adapt_spin(SpinState* st, int budget, int outcome) noexcept:
             st.budget_us = budget
 
 
-cdef inline void _yield(double before, bint* switched) noexcept nogil:
+cdef inline bint _long_yield(SpinState* st, double before, double after, uint64_t ours) noexcept nogil:
+    """Whether a yield from before to after lost us the CPU to somebody
+    else's busy process: it was long, and our own spinners caught fewer
+    than OURS_RATE messages a second (ours in all) on our CPU meanwhile.
+    If so, count it."""
+    if not (g_rules & RULE_LOST):
+        return False
+    if after - before < LONG_YIELD_S or ours >= (after - before) * OURS_RATE:
+        return False
+    st.lost_s = st.lost_s * exp((st.lost_at - after) / LOST_TAU_S) + (after - before)
+    st.lost_at = after
+    return True
+
+
+cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept nogil:
     """A spinner's yield, from before: sets switched if another thread ran
-    meanwhile (the yield took SWITCHED_S or more)."""
+    meanwhile (the yield took SWITCHED_S or more); whether it lost us the
+    CPU (_long_yield)."""
+    cdef double after
+    cdef uint64_t* count = NULL
+    cdef uint64_t seen = 0
+    if (g_rules & RULE_COUNTS) and (g_rules & RULE_LOST):
+        count = fm_cpu_count(sched_getcpu())
+        seen = fm_count_read(count)
     sched_yield()
-    if _now() - before >= SWITCHED_S:
+    after = _now()
+    if after - before >= SWITCHED_S:
         switched[0] = True
+    return _long_yield(st, before, after, fm_count_read(count) - seen if count != NULL else 0)
 
 
 cdef inline int _bulk_budget(int budget) noexcept nogil:
     """The spin budget of a large message's turn through a ring."""
-    if not g_full_policy:
+    if not (g_rules & RULE_BULK):
         return budget
     return min(BULK_SPINS * budget, MAX_SPIN_US)
+
+
+cdef inline bint _cpus_free(SpinState* st) noexcept nogil:
+    """Whether long yields have lost less than LOST_MAX_S lately: if not, a
+    busy process shares our CPUs and spinning stays off."""
+    if not (g_rules & RULE_LOST):
+        return True
+    return st.lost_s * exp((st.lost_at - _now()) / LOST_TAU_S) <= LOST_MAX_S
 
 
 cdef inline int _half_frame_budget(SpinState* st, int budget) noexcept nogil:
     """The spin budget of a wait for the rest of a frame that is half in:
     its writer is busy writing it, so at least _bulk_budget(budget),
-    however low the adapted budget fell."""
-    if g_full_policy and st.budget_us < _bulk_budget(budget):
+    however low the adapted budget fell, unless the CPUs are busy."""
+    if not (g_rules & RULE_BULK):
+        return st.budget_us
+    if st.budget_us < _bulk_budget(budget) and _cpus_free(st):
         return _bulk_budget(budget)
     return st.budget_us
+
+
+cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double woke) noexcept nogil:
+    """A blocking wait from asleep to woke, with spinning off: if it ended
+    within the budget, spinning would have caught the message, so spin
+    again from the next wait (unless long yields said the CPUs are busy)."""
+    if not (g_rules & RULE_QUICK):
+        return
+    if (st.budget_us == 0 and budget > 0 and woke - asleep < budget * 1e-6
+            and _cpus_free(st)):
+        st.budget_us = budget
+        st.blocking_waits = 0
+
+
+cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
+    """The server's loop (or a server thread that serves one connection),
+    when its peers run only while it yields (most catches late, see
+    CALM_LATE_MAX), shares its CPU with one of them, often by chance: the
+    kernel wakes a thread beside its waker, and two threads that yield to
+    each other are never moved apart.  Then it moves to another CPU, if it
+    may use one.  Where that does not help (the kernel puts it back, or
+    another client waits there), the moves come ever more rarely."""
+    if st.move_gap < MOVE_GAP_MIN:
+        st.move_gap = MOVE_GAP_MIN
+    if slot != SLOT_UNCROWDED:
+        return
+    if st.late_share < CALM_LATE_MAX:
+        if st.late_share < MOVE_SETTLED:
+            st.move_gap = MOVE_GAP_MIN
+        return
+    if <int>(st.spins - st.move_at) < 0:
+        return
+    if fm_move_off_cpu():
+        # look again: the calm phase comes back until catches say otherwise
+        st.late_share = MOVE_SETTLED
+    st.move_at = st.spins + st.move_gap
+    if st.move_gap < MOVE_GAP_MAX:
+        st.move_gap *= 2
+
+
+cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) noexcept nogil:
+    """Begin a spin at t: a server thread that may move (moves) first looks
+    whether to (_move_apart).  Returns when the spin starts yielding at
+    every turn."""
+    if moves and (g_rules & RULE_MOVES):
+        _move_apart(st, slot)
+    return _calm_until(st, t)
 
 
 cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
@@ -139,12 +281,17 @@ cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
     call (8 clients on 2 CPUs: about 650k calls/s calm, 450k yielding at
     once)."""
     st.spins += 1
-    st.calm = g_full_policy and (st.late_share < CALM_LATE_MAX or st.spins % CALM_PROBE == 0)
+    st.calm = (st.late_share < CALM_LATE_MAX or st.spins % CALM_PROBE == 0
+               or not (g_rules & RULE_LATE))
+    if not (g_rules & RULE_CALM):
+        return t
     return t + CALM_SPIN_S if st.calm else t
 
 
 cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
     """A spin caught its message; yielded: only after a yield that ran the
     peer on our CPU (see CALM_LATE_MAX)."""
+    if g_rules & RULE_COUNTS:
+        fm_count_catch()
     if st.calm:
         st.late_share += ((1.0 if yielded else 0.0) - st.late_share) / 16.0

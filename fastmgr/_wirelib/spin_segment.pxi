@@ -1,10 +1,10 @@
-# The machine-wide spinner slots (fm_spin.h), mapped
+# The machine-wide spinner slots and catch counters (fm_spin.h), mapped
 # from a System V segment of the user's own (fm_segment.h says why that,
 # and what makes a segment the user's own); included by _wire.pyx.  The
 # spin policy (spin_policy.pxi) only reads and writes what is mapped here.
 
-# the segment: a 64-byte header (the magic word), then the slots
-cdef size_t SPIN_SEGMENT_BYTES = 64 + MAX_SLOTS * 8
+# the segment: a 64-byte header (the magic word), the slots, the counters
+cdef size_t SPIN_SEGMENT_BYTES = 64 + MAX_SLOTS * 8 + FM_CPUS * 64
 
 # where client spinners are counted: "machine" (the segment) or "process"
 cdef str g_spin_sharing = "process"
@@ -32,15 +32,16 @@ def _spin_slot_probe():
 
 
 cdef void _map_slots() noexcept:
-    """Map the segment's slots; without them, client spinners are counted
-    per process.  A segment that is not the user's
+    """Map the segment's slots and counters; without them, client spinners
+    and catches are counted per process.  A segment that is not the user's
     own is ignored with one warning (logger "fastmgr")."""
-    global fm_slots, g_spin_sharing
+    global fm_slots, fm_counts, g_spin_sharing
     cdef int why = 0
     cdef int key = fm_segment_key(_os.geteuid())
     cdef char* mem = <char*>fm_segment_attach(key, SPIN_SEGMENT_BYTES, &why)
     if mem != NULL:
         fm_slots = <int64_t*>(mem + 64)
+        fm_counts = <uint64_t*>(mem + 64 + MAX_SLOTS * 8)
         g_spin_sharing = "machine"
     elif why == FM_SEGMENT_FOREIGN:
         try:

@@ -120,8 +120,8 @@ def spin_segment(uid):
     """(key, size) of uid's segment, as the wire computes it (importing the
     wire here would make this process's own segment; a test checks that
     the two agree)."""
-    key = (0x2F4D5333 ^ (uid * 2654435761)) & 0x7FFFFFFF
-    return key or 1, 64 + 64 * 8
+    key = (0x2F4D5332 ^ (uid * 2654435761)) & 0x7FFFFFFF
+    return key or 1, 64 + 64 * 8 + 64 * 64
 
 
 def _victim(seconds=1.0):
