@@ -114,10 +114,6 @@ SPIN_YIELD = switch("FASTMGR_SPIN_YIELD", True)
 #: machine-wide spinner slots, and nothing else
 SPIN_POLICY = choice("FASTMGR_SPIN_POLICY", "full", ("full", "plain"))
 
-#: TEMPORARY, for measuring: the rules of the policy to leave out, by name
-SPIN_RULES_OFF = tuple(w.strip().lower() for w in (_raw("FASTMGR_SPIN_RULES_OFF") or "").split(",")
-                       if w.strip())
-
 #: whether connections over unix sockets may carry their bytes through
 #: shared-memory rings (connection.py)
 RING = switch("FASTMGR_RING", True)

@@ -90,7 +90,7 @@ from . import _pickling
 from ._handshake import answer_challenge, deliver_challenge
 from ._protocol import (BACKLOG_MAX, COPY_THRESHOLD, DEFAULT_MAX_MESSAGE, MAX_DEPTH, SAME_HASH_MAX,
                         SERIALIZERS)
-from ._settings import SPIN_POLICY, SPIN_RULES_OFF, SPIN_US, SPIN_YIELD
+from ._settings import SPIN_POLICY, SPIN_US, SPIN_YIELD
 from .errors import MessageTooLarge, ProtocolError, UnsafeValueError
 
 IMPLEMENTATION = "compiled"

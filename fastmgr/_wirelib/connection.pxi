@@ -422,7 +422,7 @@ cdef int _send_buffer(Connection conn) except -1:
     try:
         _check_open(conn)
         # the peer answers a large message only once it has taken it in
-        if g_rules & RULE_EXTRA:
+        if g_full:
             conn.spin_extra = <int>min(w.total() // SPIN_EXTRA_BYTES, SPIN_EXTRA_MAX_US)
         if w.noob == 0:
             iov[0].iov_base = w.buf

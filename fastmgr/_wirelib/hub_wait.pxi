@@ -113,16 +113,13 @@ cdef int _hub_sleep(Hub hub, epoll_event* events) noexcept nogil:
     epoll_wait returned).  Clients ring while we sleep; a message that came
     before they could see that is seen by a last look at the rings."""
     cdef int n
-    cdef double t
     cdef uint64_t one = 1
     _hub_rings_waiting(hub, 1)
     hub.sleeps += 1
     n = _hub_rings_ready(hub, events, 0)
     if n == 0:
         fm_store(&hub.blocked, 1)
-        t = _now()
         n = epoll_wait(hub.epfd, events, MAX_EVENTS, -1)
-        _quick_wake(&hub.spin, hub.spin_us, t, _now())
         fm_store(&hub.blocked, 0)
         if fm_load(&hub.parked):
             c_write(hub.parkfd, &one, 8)

@@ -141,7 +141,6 @@ cdef int _ring_fill(Connection conn, Py_ssize_t need, double deadline) except -1
     """_fill() through rx: copy, spin on the ring, then sleep until the
     peer rings.  Precondition: rbuf can hold need bytes."""
     cdef int outcome, budget
-    cdef double t
     while conn.rend - conn.rstart < need:
         if _detour_here(conn):
             # the stream goes on through the socket: read it as a
@@ -167,9 +166,7 @@ cdef int _ring_fill(Connection conn, Py_ssize_t need, double deadline) except -1
         if fm_rx_ready(conn.rx, conn.rx_head):
             fm_flag_set(&conn.rx.reader_waiting, 0)
             continue
-        t = _now()
         _ring_sleep(conn, &conn.rx.reader_waiting, False, deadline)
-        _quick_wake(&conn.spin, conn._spin_us, t, _now())
     return 0
 
 
@@ -328,7 +325,7 @@ cdef bint _ring_spin_for_room(Connection conn, bint detour) noexcept:
         if slot:
             t = _now()
             until = t + _bulk_budget(conn._spin_us) * 1e-6
-            calm = t + (CALM_SPIN_S if slot == SLOT_UNCROWDED and (g_rules & RULE_CALM) else 0.0)
+            calm = t + (CALM_SPIN_S if slot == SLOT_UNCROWDED and g_full else 0.0)
             while True:
                 if _tx_free(conn, detour):
                     room = True

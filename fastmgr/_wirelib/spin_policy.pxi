@@ -51,43 +51,9 @@ cdef double SWITCHED_S = 2e-6
 cdef double LOST_TAU_S = 1.0
 cdef double LOST_MAX_S = 0.05
 
-# TEMPORARY, for measuring: each rule of the policy behind a bit
-cdef enum:
-    RULE_CALM = 1
-    RULE_LATE = 2
-    RULE_LOST = 4
-    RULE_MOVES = 8
-    RULE_COUNTS = 16
-    RULE_QUICK = 32
-    RULE_BULK = 64
-    RULE_EXTRA = 128
-    RULE_ALL = 255
-
-_RULE_NAMES = {"calm": RULE_CALM, "late": RULE_LATE, "lost": RULE_LOST, "moves": RULE_MOVES,
-               "counts": RULE_COUNTS, "quick": RULE_QUICK, "bulk": RULE_BULK,
-               "extra": RULE_EXTRA}
-
-
-def _rules_on(policy, off):
-    rules = RULE_ALL if policy == "full" else 0
-    for name in off:
-        rules &= ~_RULE_NAMES[name]
-    return rules
-
-
-cdef unsigned int g_rules = _rules_on(SPIN_POLICY, SPIN_RULES_OFF)
-
-
-def _set_spin_rules(policy, off=()):
-    """TEMPORARY, for measuring: the policy and rules left out in this
-    process from now on (and in processes it forks)."""
-    global g_rules
-    g_rules = _rules_on(policy, off)
-
-
-def _spin_rules():
-    """TEMPORARY: the names of the rules in force."""
-    return sorted(name for name, bit in _RULE_NAMES.items() if g_rules & bit)
+# FASTMGR_SPIN_POLICY: "full" applies every rule below; "plain" spins
+# within the budget, then blocks, with the machine-wide slots and nothing else
+cdef bint g_full = SPIN_POLICY == "full"
 
 
 cdef int g_spins = 0   # spins since _refresh_max_spinners() last ran
@@ -174,7 +140,7 @@ cdef inline bint _long_yield(SpinState* st, double before, double after, uint64_
     else's busy process: it was long, and our own spinners caught fewer
     than OURS_RATE messages a second (ours in all) on our CPU meanwhile.
     If so, count it."""
-    if not (g_rules & RULE_LOST):
+    if not g_full:
         return False
     if after - before < LONG_YIELD_S or ours >= (after - before) * OURS_RATE:
         return False
@@ -190,7 +156,7 @@ cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept n
     cdef double after
     cdef uint64_t* count = NULL
     cdef uint64_t seen = 0
-    if (g_rules & RULE_COUNTS) and (g_rules & RULE_LOST):
+    if g_full:
         count = fm_cpu_count(sched_getcpu())
         seen = fm_count_read(count)
     sched_yield()
@@ -202,7 +168,7 @@ cdef inline bint _yield(SpinState* st, double before, bint* switched) noexcept n
 
 cdef inline int _bulk_budget(int budget) noexcept nogil:
     """The spin budget of a large message's turn through a ring."""
-    if not (g_rules & RULE_BULK):
+    if not g_full:
         return budget
     return min(BULK_SPINS * budget, MAX_SPIN_US)
 
@@ -210,7 +176,7 @@ cdef inline int _bulk_budget(int budget) noexcept nogil:
 cdef inline bint _cpus_free(SpinState* st) noexcept nogil:
     """Whether long yields have lost less than LOST_MAX_S lately: if not, a
     busy process shares our CPUs and spinning stays off."""
-    if not (g_rules & RULE_LOST):
+    if not g_full:
         return True
     return st.lost_s * exp((st.lost_at - _now()) / LOST_TAU_S) <= LOST_MAX_S
 
@@ -219,23 +185,11 @@ cdef inline int _half_frame_budget(SpinState* st, int budget) noexcept nogil:
     """The spin budget of a wait for the rest of a frame that is half in:
     its writer is busy writing it, so at least _bulk_budget(budget),
     however low the adapted budget fell, unless the CPUs are busy."""
-    if not (g_rules & RULE_BULK):
+    if not g_full:
         return st.budget_us
     if st.budget_us < _bulk_budget(budget) and _cpus_free(st):
         return _bulk_budget(budget)
     return st.budget_us
-
-
-cdef inline void _quick_wake(SpinState* st, int budget, double asleep, double woke) noexcept nogil:
-    """A blocking wait from asleep to woke, with spinning off: if it ended
-    within the budget, spinning would have caught the message, so spin
-    again from the next wait (unless long yields said the CPUs are busy)."""
-    if not (g_rules & RULE_QUICK):
-        return
-    if (st.budget_us == 0 and budget > 0 and woke - asleep < budget * 1e-6
-            and _cpus_free(st)):
-        st.budget_us = budget
-        st.blocking_waits = 0
 
 
 cdef inline void _move_apart(SpinState* st, int slot) noexcept nogil:
@@ -268,7 +222,7 @@ cdef inline double _spin_start(SpinState* st, int slot, bint moves, double t) no
     """Begin a spin at t: a server thread that may move (moves) first looks
     whether to (_move_apart).  Returns when the spin starts yielding at
     every turn."""
-    if moves and (g_rules & RULE_MOVES):
+    if moves and g_full:
         _move_apart(st, slot)
     return _calm_until(st, t)
 
@@ -282,8 +236,8 @@ cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
     once)."""
     st.spins += 1
     st.calm = (st.late_share < CALM_LATE_MAX or st.spins % CALM_PROBE == 0
-               or not (g_rules & RULE_LATE))
-    if not (g_rules & RULE_CALM):
+               or not g_full)
+    if not g_full:
         return t
     return t + CALM_SPIN_S if st.calm else t
 
@@ -291,7 +245,7 @@ cdef inline double _calm_until(SpinState* st, double t) noexcept nogil:
 cdef inline void _caught(SpinState* st, bint yielded) noexcept nogil:
     """A spin caught its message; yielded: only after a yield that ran the
     peer on our CPU (see CALM_LATE_MAX)."""
-    if g_rules & RULE_COUNTS:
+    if g_full:
         fm_count_catch()
     if st.calm:
         st.late_share += ((1.0 if yielded else 0.0) - st.late_share) / 16.0
