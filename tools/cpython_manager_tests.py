@@ -108,8 +108,12 @@ def _check_implementation(impl, require_installed=False):
 
 def worker(impl, method, verbosity, timeout, match=(), require_installed=False):
     import faulthandler
+    import signal
     import unittest
     faulthandler.enable()
+    # Python's own SIGINT handling, which some tests rely on: a worker started
+    # from a background job inherits SIGINT ignored, and Python keeps it so
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if timeout:
         # a hung test must not hang CI: dump every thread's stack and exit
         faulthandler.dump_traceback_later(timeout, exit=True)
