@@ -12,6 +12,7 @@ import time
 import pytest
 
 import fastmgr
+from fastmgr import _bench
 from fastmgr import _protocol as P
 from fastmgr._backend import wire
 from fastmgr.connection import Client
@@ -265,16 +266,7 @@ def test_max_message_exact_and_one_byte_over(impls, transport):
         b.close()
 
 
-class Store:
-    def __init__(self):
-        self.value = None
-
-    def put(self, value):
-        self.value = value
-
-    def get(self):
-        return self.value
-
+class Store(_bench.Store):
     def make(self, nbytes):
         return b"m" * nbytes
 
