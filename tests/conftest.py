@@ -40,6 +40,17 @@ def compiled_wire():
         )
 
 
+@pytest.fixture(params=["python-python", "compiled-compiled", "compiled-python", "python-compiled"])
+def impls(request):
+    """(wire of end A, wire of end B): each pairing of the two wires."""
+    return tuple(request.getfixturevalue(name + "_wire") for name in request.param.split("-"))
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def transport(request):
+    return request.param
+
+
 @pytest.fixture(scope="session", params=["compiled", "python"])
 def wire(request):
     """Each wire implementation in turn."""

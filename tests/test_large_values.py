@@ -17,7 +17,7 @@ from fastmgr import _protocol as P
 from fastmgr._backend import wire
 from fastmgr.connection import Client
 from fastmgr.errors import MessageTooLarge, ProtocolError
-from helpers.common import Worker
+from helpers.common import Worker, raw_pair
 
 np = pytest.importorskip("numpy")
 
@@ -25,26 +25,6 @@ pytestmark = pytest.mark.timeout(60)
 
 MIB = 1 << 20
 BIG = P.OOB_MIN  # the smallest buffer that goes out of band
-
-
-def raw_pair(transport):
-    if transport == "unix":
-        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        accepted, _ = server.accept()
-    return accepted, client
-
-
-@pytest.fixture(params=["unix", "tcp"])
-def transport(request):
-    return request.param
-
-
-@pytest.fixture(params=["python-python", "compiled-compiled", "compiled-python", "python-compiled"])
-def impls(request):
-    """(wire of end A, wire of end B)"""
-    return tuple(request.getfixturevalue(name + "_wire") for name in request.param.split("-"))
 
 
 @pytest.fixture

@@ -11,33 +11,13 @@ import time
 
 import pytest
 
-from helpers.common import Worker
+from helpers.common import Worker, raw_pair
 from fastmgr import _protocol as P
 from fastmgr.errors import AuthenticationError, MessageTooLarge, ProtocolError
 
 pytestmark = pytest.mark.timeout(30)
 
 MIB = 1 << 20
-
-
-def raw_pair(transport):
-    if transport == "unix":
-        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        accepted, _ = server.accept()
-    return accepted, client
-
-
-@pytest.fixture(params=["unix", "tcp"])
-def transport(request):
-    return request.param
-
-
-@pytest.fixture(params=["python-python", "compiled-compiled", "compiled-python", "python-compiled"])
-def impls(request):
-    """(wire of end A, wire of end B)"""
-    return tuple(request.getfixturevalue(name + "_wire") for name in request.param.split("-"))
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 implementation's name, a thread that keeps its outcome, and a child
 process's environment, messages and exit."""
 import os
+import socket
 import threading
 
 import pytest
@@ -82,3 +83,13 @@ def finish(proc, timeout=10):
     proc.join(timeout)
     assert not proc.is_alive(), "%r did not exit within %ss" % (proc, timeout)
     assert proc.exitcode == 0, "%r exited with %r" % (proc, proc.exitcode)
+
+
+def raw_pair(transport):
+    """Two connected sockets: a socketpair ("unix") or over loopback ("tcp")."""
+    if transport == "unix":
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    return accepted, client

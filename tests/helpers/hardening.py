@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from fastmgr import SyncManager
+from helpers.reliability import proc_status, wait_until  # noqa: F401 (used as H.*)
 
 AUTHKEY = b"hardening-key"
 #: the tests directory: ``fastmgr serve`` runs there and imports SPEC
@@ -52,34 +53,6 @@ def child_env(**extra):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, root, env.get("PYTHONPATH")]))
     env.update(extra)
     return env
-
-
-def wait_until(predicate, timeout, interval=0.05):
-    """Poll predicate until it is true (True) or timeout seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-# ---------------------------------------------------------------------------
-# /proc
-
-def proc_status(pid):
-    """{'rss_kb', 'threads', 'fds'} of a live process."""
-    out = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key == "VmRSS":
-                out["rss_kb"] = int(value.split()[0])
-            elif key == "Threads":
-                out["threads"] = int(value.split()[0])
-    out["fds"] = len(os.listdir("/proc/%d/fd" % pid))
-    return out
 
 
 def cpu_seconds(pid):

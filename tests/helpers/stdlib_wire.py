@@ -28,39 +28,15 @@ import time
 import fastmgr
 from fastmgr import AcquirerProxy, ValueProxy
 
+# the custom type the clients share through AutoProxy: the stdlib peer's own
+from helpers.stdlib_peer import Counter
+
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(TESTS, "helpers", "stdlib_peer.py")
 #: run the programs of this module as [*PROGRAM, MODE, ...] from TESTS
 PROGRAM = [sys.executable, "-m", "helpers.stdlib_wire"]
 SPEC = "helpers.stdlib_wire:FastManager"
 KEY = b"stdlib wire tests"
-
-
-class Counter:
-    """The custom type the clients share through AutoProxy."""
-
-    def __init__(self, start=0):
-        self.n = start
-
-    def add(self, k=1):
-        self.n += k
-        return self.n
-
-    def get(self):
-        return self.n
-
-    def pid(self):
-        return os.getpid()
-
-    def fail(self):
-        raise LookupError("custom failure")
-
-    def slow(self, seconds):
-        time.sleep(seconds)
-        return seconds
-
-    def unpicklable(self):
-        return lambda: None
 
 
 _LOCK = threading.Lock()
