@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fastmgr import _bench
+from fastmgr import _bench, _bench_machine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,7 +106,7 @@ def test_ndarray_rows_skip_without_numpy(monkeypatch):
 def test_pinning_skips_a_thread_that_ended_meanwhile(monkeypatch):
     # a thread listed in /proc/PID/task may end before its mask is read
     gone = 2 ** 22 + 12345   # above any pid the kernel hands out
-    monkeypatch.setattr(_bench, "_threads", lambda pid: [gone, os.getpid()])
+    monkeypatch.setattr(_bench_machine, "_threads", lambda pid: [gone, os.getpid()])
     before = os.sched_getaffinity(0)
     with _bench.pinned_to_one_cpu([]) as cpu:
         assert os.sched_getaffinity(0) == {cpu}
