@@ -262,6 +262,11 @@ cdef class Connection:
     cdef bint tx_detouring          # sending a detour: wake-up bytes wait until it is through
     cdef bint bell_owed             # a wake-up byte held back by tx_detouring
     cdef Py_ssize_t loop_sent       # bytes of wbuf an event loop's loop_send() has sent
+    cdef _Taken loop_taken          # the out-of-band buffers of the frame at rstart, which
+                                    # loop_receive() fills straight from the stream; or None
+    cdef Py_ssize_t loop_head       # that frame's header and buffer table (its inline body follows)
+    cdef Py_ssize_t loop_inline     # the size of that inline body, all in rbuf
+    cdef Py_ssize_t loop_filled     # the bytes of its buffers come so far
     cdef public Py_ssize_t backlog_max  # served by a server: most unread request bytes plus
                                     # unsent reply bytes a waiting send takes in (0: no bound)
     cdef double nap_s               # the next _ring_nap(), seconds (0: none in a row)

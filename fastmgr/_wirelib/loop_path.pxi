@@ -110,13 +110,16 @@ cdef Py_ssize_t _loop_send(Connection conn) except -1:
     return conn.wbuf.total() - conn.loop_sent
 
 
-cdef bint _loop_take_in(Connection conn) except -1:
-    """Move what came into rbuf, without blocking; True once the peer has
+cdef bint _loop_take_in(Connection conn, Py_ssize_t need) except -1:
+    """Move what came into rbuf, without blocking, growing rbuf only while
+    it holds fewer than need unconsumed bytes; True once the peer has
     closed (and nothing more is there)."""
     cdef ssize_t got
     cdef int err
     while True:
         if conn.rend == conn.rcap:
+            if conn.rend - conn.rstart >= need:
+                return False
             _grow_rbuf(conn)
         if conn.rx != NULL:
             if _ring_read(conn) > 0:
@@ -147,6 +150,140 @@ cdef bint _loop_take_in(Connection conn) except -1:
             return _os_error(err)
 
 
+# The out-of-band buffers of a reply (outofband.pxi) go straight from the
+# stream into the objects they become, as _recv_buffers() takes them on
+# the blocking path: rbuf holds only the frame's head and inline body, so
+# a reply of N bytes costs N, not N for rbuf and N more for its copies.
+
+cdef Py_ssize_t _loop_need(Connection conn, bint buffers) except -1:
+    """How many unconsumed bytes rbuf must hold before the frame at rstart
+    can be taken out: all of it, or (buffers) for a body that carries
+    out-of-band buffers, its head, table and inline body."""
+    cdef Py_ssize_t header = 0, table, have = conn.rend - conn.rstart
+    cdef uint64_t body = 0
+    cdef const unsigned char* p = conn.rbuf + conn.rstart
+    if _frame_at(p, have, conn.max_message, &header, &body) != FRAME_PARTIAL:
+        return have
+    if header == 0 or have < header:
+        return have + 1
+    if not buffers or body < BUFFER_PREFIX_SIZE or (have > header and p[header] != BODY_BUFFERS):
+        return header + <Py_ssize_t>body
+    if have < header + BUFFER_PREFIX_SIZE:
+        return header + BUFFER_PREFIX_SIZE
+    table = _buffer_table_size(p + header, <Py_ssize_t>body)
+    if have < header + table:
+        return header + table
+    return header + <Py_ssize_t>body - _buffer_table(p + header, table, <Py_ssize_t>body)
+
+
+cdef bint _loop_start_buffers(Connection conn, Py_ssize_t header, Py_ssize_t body) except -1:
+    """For a frame at rstart not all in (header bytes, then body): if its
+    body carries out-of-band buffers and rbuf holds its table and inline
+    body, allocate the buffers, move in what of them rbuf holds, and
+    return True; loop_receive() fills the rest (_loop_fill_buffers)."""
+    cdef const unsigned char* p = conn.rbuf + conn.rstart + header
+    cdef Py_ssize_t have = conn.rend - conn.rstart - header, table, total, at
+    if have < BUFFER_PREFIX_SIZE or p[0] != BODY_BUFFERS:
+        return False
+    table = _buffer_table_size(p, body)
+    if have < table:
+        return False
+    total = _buffer_table(p, table, body)
+    if have < body - total:
+        return False
+    taken = _Taken()
+    taken.buffers = [_new_buffer(p[at], <Py_ssize_t>fm_get_u64le(p + at + 1))
+                     for at in range(BUFFER_PREFIX_SIZE, table, BUFFER_ENTRY_SIZE)]
+    conn.loop_taken = taken
+    conn.loop_head = header + table
+    conn.loop_inline = body - table - total
+    conn.loop_filled = 0
+    _loop_move_extra(conn)
+    return True
+
+
+cdef int _loop_move_extra(Connection conn) except -1:
+    """Move the bytes rbuf holds past the inline body of the frame whose
+    buffers are being filled into those buffers: the read that found the
+    frame, or a spin, took them in (a spin may have taken the start of the
+    next frame too, which stays)."""
+    cdef Py_ssize_t end = conn.rstart + conn.loop_head + conn.loop_inline, at = end
+    cdef Py_ssize_t room = 0, n
+    cdef char* dst
+    while at < conn.rend:
+        dst = _loop_buffer_at(conn, &room)
+        if dst == NULL:
+            break
+        n = min(conn.rend - at, room)
+        memcpy(dst, conn.rbuf + at, n)
+        at += n
+        conn.loop_filled += n
+    if at > end:
+        memmove(conn.rbuf + end, conn.rbuf + at, conn.rend - at)
+        conn.rend -= at - end
+    return 0
+
+
+cdef char* _loop_buffer_at(Connection conn, Py_ssize_t* room) noexcept:
+    """Where the next byte of the buffers being filled goes, and room[0]
+    how many more the buffer there takes; NULL once they are full."""
+    cdef Py_ssize_t skip = conn.loop_filled, size
+    for buf in conn.loop_taken.buffers:
+        size = Py_SIZE(buf)
+        if skip < size:
+            room[0] = size - skip
+            return _buffer_memory(buf) + skip
+        skip -= size
+    return NULL
+
+
+cdef bint _loop_fill_buffers(Connection conn) except -1:
+    """Read what came, without blocking, straight into the buffers being
+    filled; True once the peer has closed.  Every path reads into
+    rbuf[rend:rcap]: for the while, rbuf is the rest of one buffer."""
+    cdef unsigned char* saved = conn.rbuf
+    cdef Py_ssize_t saved_cap = conn.rcap, saved_start = conn.rstart, saved_end
+    cdef Py_ssize_t room = 0
+    cdef char* dst
+    cdef bint eof = False
+    _loop_move_extra(conn)
+    saved_end = conn.rend
+    while not eof:
+        dst = _loop_buffer_at(conn, &room)
+        if dst == NULL:
+            break
+        conn.rbuf = <unsigned char*>dst
+        conn.rcap = room
+        conn.rstart = conn.rend = 0
+        try:
+            eof = _loop_take_in(conn, 0)
+        finally:
+            conn.loop_filled += conn.rend
+            room -= conn.rend
+            conn.rbuf = saved
+            conn.rcap = saved_cap
+            conn.rstart = saved_start
+            conn.rend = saved_end
+        if room > 0:
+            break  # nothing more now
+    return eof
+
+
+cdef int _loop_decode(Connection conn, list out, Py_ssize_t start, Py_ssize_t size,
+                      _Taken taken) except -1:
+    """Decode the reply whose inline body is rbuf[start:start + size] into
+    out; a value that does not unpickle is that reply's outcome, a
+    malformed reply closes the connection."""
+    try:
+        out.append(conn.codec.decode_response_at(conn.rbuf + start, size, taken))
+    except ProtocolError:
+        conn.close()
+        raise
+    except Exception as exc:
+        out.append((0, exc))
+    return 0
+
+
 cdef list _loop_receive(Connection conn, bint decode):
     """Connection.loop_receive()."""
     cdef list out = []
@@ -154,40 +291,64 @@ cdef list _loop_receive(Connection conn, bint decode):
     cdef uint64_t body = 0
     cdef _Taken taken
     cdef FrameState state
-    cdef bint eof
+    cdef bint eof = False, progress, full
     _check_open(conn)
     if conn.pyio:
         raise ValueError("a TLS connection cannot be driven by an event loop")
-    eof = _loop_take_in(conn)
-    while True:
-        state = _frame_at(conn.rbuf + conn.rstart, conn.rend - conn.rstart, conn.max_message,
-                          &header, &body)
-        if state == FRAME_PARTIAL:
-            break
-        if state != FRAME_WHOLE:
-            # a refused header cannot be skipped: the stream is lost
-            conn.close()
-            if state == FRAME_TOO_LARGE:
-                raise MessageTooLarge("message of %d bytes exceeds the limit of %d"
-                                      % (body, conn.max_message))
-            raise ProtocolError("bad message length %d" % <int64_t>body)
-        start = conn.rstart + header
-        conn.rstart = start + <Py_ssize_t>body
-        if not decode:
-            out.append(PyBytes_FromStringAndSize(<char*>conn.rbuf + start, <Py_ssize_t>body))
-            continue
-        size = <Py_ssize_t>body
+    while not eof:
+        if conn.loop_taken is not None:
+            eof = _loop_fill_buffers(conn)
+            if _loop_buffer_at(conn, &size) != NULL:
+                break  # the rest of them comes later
+            taken, conn.loop_taken = conn.loop_taken, None
+            start = conn.rstart + conn.loop_head
+            conn.rstart = start + conn.loop_inline
+            _loop_decode(conn, out, start, conn.loop_inline, taken)
+            continue  # what came after it
         try:
-            # out-of-band buffers came into rbuf with the rest of the frame:
-            # each is copied out into the object it becomes
-            taken = _split_body(conn.rbuf, &start, &size)
-            out.append(conn.codec.decode_response_at(conn.rbuf + start, size, taken))
+            eof = _loop_take_in(conn, _loop_need(conn, decode))
         except ProtocolError:
             conn.close()
             raise
-        except Exception as exc:  # a value that does not unpickle: that reply's outcome
-            out.append((0, exc))
-    if conn.rstart == conn.rend:
+        full = conn.rend == conn.rcap
+        progress = False
+        while True:
+            state = _frame_at(conn.rbuf + conn.rstart, conn.rend - conn.rstart, conn.max_message,
+                              &header, &body)
+            if state == FRAME_PARTIAL:
+                try:
+                    if decode and header and _loop_start_buffers(conn, header, <Py_ssize_t>body):
+                        full = progress = True
+                except ProtocolError:
+                    conn.close()
+                    raise
+                break
+            if state != FRAME_WHOLE:
+                # a refused header cannot be skipped: the stream is lost
+                conn.close()
+                if state == FRAME_TOO_LARGE:
+                    raise MessageTooLarge("message of %d bytes exceeds the limit of %d"
+                                          % (body, conn.max_message))
+                raise ProtocolError("bad message length %d" % <int64_t>body)
+            progress = True
+            start = conn.rstart + header
+            conn.rstart = start + <Py_ssize_t>body
+            if not decode:
+                out.append(PyBytes_FromStringAndSize(<char*>conn.rbuf + start, <Py_ssize_t>body))
+                continue
+            size = <Py_ssize_t>body
+            try:
+                # a whole frame's out-of-band buffers came into rbuf with
+                # the rest of it: each is copied out into its object
+                taken = _split_body(conn.rbuf, &start, &size)
+            except ProtocolError:
+                conn.close()
+                raise
+            _loop_decode(conn, out, start, size, taken)
+        # read on only if rbuf filled up (else the socket or ring had no more)
+        if not (full and progress):
+            break
+    if conn.rstart == conn.rend and conn.loop_taken is None:
         conn.rstart = conn.rend = 0
         _shrink(conn)
     if eof and not out:
