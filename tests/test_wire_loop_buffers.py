@@ -3,6 +3,7 @@ loop_receive(): whatever the split of the stream, each buffer ends up in
 an object of its own, and what follows the frame comes out after it.  On
 the compiled wire the buffers come straight from the stream into those
 objects, so a reply of N bytes needs about N of memory, not 2N."""
+import os
 import select
 import socket
 import threading
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from fastmgr import _protocol as P
+from helpers.ring import new_memfd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -148,3 +150,25 @@ def test_a_large_reply_needs_one_copy_of_its_bytes(compiled_wire):
     finally:
         client.close()
         peer.close()
+
+
+def test_replies_with_buffers_through_the_rings(compiled_wire):
+    """Buffers larger than a ring, replies one after another: the ring's
+    bytes go into the buffers, turn by turn, and the replies come in order."""
+    a, b = socket.socketpair()
+    client, server = compiled_wire.Connection(a), compiled_wire.Connection(b, timeout=WAIT)
+    fd = new_memfd(compiled_wire)
+    client.attach_ring(fd, False)
+    server.attach_ring(fd, True)
+    values = [[bytes([i]) * (1 << 20), "x" * i, bytearray(P.OOB_MIN + i)] for i in range(5)]
+    try:
+        bodies = [server.codec.encode_response(P.RESP_RETURN, value) for value in values]
+        sender = threading.Thread(target=lambda: [server.send_bytes(body) for body in bodies],
+                                  daemon=True)
+        sender.start()
+        assert _receive(client, len(values)) == [(P.RESP_RETURN, value) for value in values]
+        sender.join(WAIT)
+    finally:
+        client.close()
+        server.close()
+        os.close(fd)
