@@ -5,7 +5,7 @@
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from fastmgr._wirelib.chelpers cimport fm_ring
+from fastmgr._wirelib.chelpers cimport fm_key_cache, fm_ring
 from fastmgr._wirelib.posix cimport epoll_event, iovec
 
 
@@ -186,6 +186,7 @@ cdef class Codec:
     cdef readonly str serializer  # one of _protocol.SERIALIZERS
     cdef bint may_pickle        # "pickle": types without a tag are pickled
     cdef bint tuples_as_lists   # "xmlrpclib": decode T_TUPLE as list
+    cdef fm_key_cache keys      # the keys of small dicts decoded (fm_codec.h)
 
     cdef int _pickle(self, WriteBuffer buf, object obj) except -1
     cdef int _encode(self, WriteBuffer buf, object obj, int depth) except -1
@@ -203,6 +204,8 @@ cdef class Codec:
                               uint64_t length, uint64_t buffers, _Taken taken)
     cdef inline object _item(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
                              int depth, _Taken taken)
+    cdef inline object _key(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                            int depth, _Taken taken)
     cdef list _decode_list(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
                            int depth, _Taken taken, Py_ssize_t count)
     cdef tuple _decode_tuple(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,

@@ -4,6 +4,7 @@ import enum
 import gc
 import pickle
 import struct
+import sys
 import weakref
 
 import pytest
@@ -630,3 +631,32 @@ def test_decoded_tuples_of_plain_items_are_left_to_no_collector(compiled_wire):
     del value
     gc.collect()
     assert ref() is None
+
+
+def test_records_decode_the_same_whatever_their_keys(wire):
+    """Small dicts' keys of every kind the key cache takes or leaves (short
+    ASCII str, too long, not ASCII, not str), more distinct ones than it
+    has slots, and keys that share a slot in turn."""
+    codec = wire.Codec()
+    keys = (["k%d" % i for i in range(3000)] + ["x" * 32, "x" * 33, "\u00e9t\u00e9", "a", "", 7,
+                                                 (1, "k1")])
+    records = [{key: i, "name": "n%d" % i, "k%d" % (i % 7): [i]} for i, key in enumerate(keys)]
+    for value in (records, records[::-1], [dict(zip(keys[i:i + 64], range(64)))
+                                             for i in range(0, 3000, 64)]):
+        assert same(codec.loads(codec.dumps(value)), value)
+
+
+def test_small_dicts_share_their_keys(compiled_wire):
+    """Records decoded by one codec share their short ASCII keys (made and
+    hashed once) until another key takes the slot; a codec lets go of the
+    keys it holds when it goes."""
+    codec = compiled_wire.Codec()
+    first, second = codec.loads(codec.dumps([{"name": 1, "x" * 33: 2}, {"name": 3, "x" * 33: 4}]))
+    (name_1, long_1), (name_2, long_2) = list(first), list(second)
+    assert name_1 is name_2 and long_1 is not long_2
+    big = codec.loads(codec.dumps({"key%d" % i: i for i in range(100)}))
+    again = codec.loads(codec.dumps({"key%d" % i: i for i in range(100)}))
+    assert all(a is not b for a, b in zip(big, again))  # a large dict's keys are its own
+    held = sys.getrefcount(name_1)
+    del codec
+    assert sys.getrefcount(name_1) == held - 1

@@ -72,6 +72,13 @@ cdef extern from "fm_codec.h":
     bint fm_ascii(const unsigned char* p, size_t n) nogil
     int fm_dict_set(object d, object k, object v)  # -1 with an exception set
     object fm_take_error()
+    ctypedef struct fm_key_cache:
+        pass
+    enum:
+        FM_KEY_MAX_LEN
+        FM_KEY_DICT_MAX
+    object fm_key(fm_key_cache* cache, const unsigned char* p, size_t n)
+    void fm_key_cache_clear(fm_key_cache* cache)
 
 cdef extern from "fm_memory.h" nogil:
     void fm_advise_huge(char* p, size_t n)

@@ -47,6 +47,9 @@ cdef class Codec:
         self.may_pickle = mode == 0
         self.tuples_as_lists = mode == 2
 
+    def __dealloc__(self):
+        fm_key_cache_clear(&self.keys)
+
     def __reduce__(self):
         return (Codec, (self.serializer,))
 
@@ -353,6 +356,21 @@ cdef class Codec:
             _raise_pending()
         return self._decode(p, n, pos, depth, taken)
 
+    cdef inline object _key(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
+                            int depth, _Taken taken):
+        """A small dict's key: a short ASCII str from the key cache (it is
+        most often one of many records' keys), anything else _item()'s."""
+        cdef Py_ssize_t at = pos[0]
+        cdef uint32_t length
+        if n - at >= 5 and p[at] == T_STR:
+            length = fm_get_u32le(p + at + 1)
+            if (2 <= length <= FM_KEY_MAX_LEN and length <= <uint64_t>(n - at - 5)
+                    and fm_ascii(p + at + 5, length)):
+                key = fm_key(&self.keys, p + at + 5, length)
+                pos[0] = at + 5 + length
+                return key
+        return self._item(p, n, pos, depth, taken)
+
     cdef list _decode_list(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
                            int depth, _Taken taken, Py_ssize_t count):
         cdef list result = PyList_New(count)
@@ -398,8 +416,12 @@ cdef class Codec:
         # again and again
         cdef dict result = _new_dict(min(count, (n - pos[0]) // 16))
         cdef Py_ssize_t i
+        cdef bint small = count <= FM_KEY_DICT_MAX
         for i in range(count):
-            key = self._item(p, n, pos, depth + 1, taken)
+            if small:
+                key = self._key(p, n, pos, depth + 1, taken)
+            else:
+                key = self._item(p, n, pos, depth + 1, taken)
             item = self._item(p, n, pos, depth + 1, taken)
             if fm_dict_set(result, key, item) < 0:
                 _bad_dict_key()
