@@ -279,6 +279,9 @@ cdef int _fill(Connection conn, Py_ssize_t need, double deadline) except -1:
         if need > conn.rcap:
             conn.rbuf = <unsigned char*>_realloc_or_raise(conn.rbuf, need)
             conn.rcap = need
+            if need >= HUGE_BUFFER_MIN:
+                # (fresh: _shrink gives it back after the message)
+                fm_advise_huge(<char*>conn.rbuf, need)
     if conn.pyio:
         return _tls_fill(conn, need, deadline)
     if conn.rx != NULL:
