@@ -104,6 +104,8 @@ cdef inline object _decode_str(const char* s, Py_ssize_t n):
     cdef object result
     if n > 1 and fm_ascii(<const unsigned char*>s, n):
         result = PyUnicode_New(n, 127)
+        if n >= HUGE_BUFFER_MIN:
+            fm_advise_huge(<char*>PyUnicode_DATA(result), n)
         memcpy(PyUnicode_DATA(result), s, n)
         return result
     try:
